@@ -1,0 +1,89 @@
+"""Analytics process: receives detections of every stream, tracks and counts, sends events to sinks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from streamd.analytics.stream import StreamAnalytics
+from streamd.config.models import PipelineConfig
+from streamd.ipc import sockets
+from streamd.ipc.messages import (Detections, LineCrossing, StreamCounters, StreamEnd, Track, TrackedFrame, encoder,
+                                  pipeline_decoder)
+from streamd.runtime.stage import EXIT_OK, Stage
+
+
+class AnalyticsStage(Stage):
+    """params: pipelines ({name: PipelineConfig}), class_names ({pipeline name: [names]})."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.pipelines: dict[str, PipelineConfig] = self.spec.params["pipelines"]
+        self.class_names: dict[str, list[str]] = self.spec.params["class_names"]
+        self.inbox = sockets.pull(self.ctx, self.spec.endpoints.analytics, hwm=1000)
+        self.outbox = sockets.push(self.ctx, self.spec.endpoints.sinks, hwm=10_000)
+        self.streams: dict[str, StreamAnalytics] = {}
+        self.frames: dict[str, int] = {}
+        self.crossings: dict[str, int] = {}
+
+    def counters(self) -> dict[str, StreamCounters]:
+        return {s: StreamCounters(frames_analysed=n, crossings=self.crossings.get(s, 0)) for s, n in self.frames.items()}
+
+    def run(self) -> int:
+        while True:
+            if self.inbox.poll(0 if self.stop.is_set() else 500, zmq.POLLIN):
+                msg = pipeline_decoder.decode(self.inbox.recv())
+                if isinstance(msg, Detections):
+                    self._on_detections(msg)
+                elif isinstance(msg, StreamEnd):
+                    self._send(encoder.encode(msg))
+            elif self.stop.is_set():
+                return EXIT_OK  # upstream stopped first, so an empty inbox means everything was handled
+            self.beat()
+
+    def _analytics(self, stream: str, pipeline: str) -> StreamAnalytics:
+        analytics = self.streams.get(stream)
+        if analytics is None:
+            analytics = StreamAnalytics(self.pipelines[pipeline], self.class_names[pipeline])
+            self.streams[stream] = analytics
+        return analytics
+
+    def _on_detections(self, msg: Detections) -> None:
+        analytics = self._analytics(msg.stream, msg.pipeline)
+        xyxy = np.frombuffer(msg.xyxy, "<f4").reshape(-1, 4)
+        result = analytics.update(xyxy, np.frombuffer(msg.confidence, "<f4"),
+                                  np.frombuffer(msg.class_id, "<i4").astype(np.int64), msg.pts_s)
+        t_analysed = time.monotonic_ns()
+        for line_name, crossing in result.crossings:
+            event = LineCrossing(
+                id=f"{msg.stream}/{line_name}/{msg.frame_index}/{crossing.track_id}/{crossing.direction}",
+                stream=msg.stream, line=line_name, direction=crossing.direction, track_id=crossing.track_id,
+                class_id=crossing.class_id, class_name=analytics.class_name(crossing.class_id),
+                frame=msg.frame_index, pts_s=msg.pts_s, ts=msg.wall_ts, t_decoded_ns=msg.t_decoded_ns,
+                t_analysed_ns=t_analysed,
+            )
+            self._send(encoder.encode(event))
+            self.crossings[msg.stream] = self.crossings.get(msg.stream, 0) + 1
+        tracked = result.tracked
+        tracks = [
+            Track(track_id=int(tid), class_id=int(cid), class_name=analytics.class_name(int(cid)),
+                  confidence=round(float(conf), 4), xyxy=tuple(round(float(v), 1) for v in box))  # type: ignore[arg-type]
+            for tid, cid, conf, box in zip(tracked.tracker_id, tracked.class_id, tracked.confidence, tracked.xyxy)
+            if tid >= 0
+        ]
+        self._send(encoder.encode(TrackedFrame(stream=msg.stream, frame=msg.frame_index, pts_s=msg.pts_s,
+                                               ts=msg.wall_ts, tracks=tracks, t_decoded_ns=msg.t_decoded_ns,
+                                               t_analysed_ns=t_analysed)))
+        self.frames[msg.stream] = self.frames.get(msg.stream, 0) + 1
+
+    def _send(self, payload: bytes) -> None:
+        while True:
+            try:
+                self.outbox.send(payload, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                self.outbox.poll(500, zmq.POLLOUT)
+                self.beat()

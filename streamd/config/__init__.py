@@ -1,0 +1,4 @@
+from streamd.config.loader import LoadedConfig, load_config
+from streamd.config.models import DaemonConfig, PipelineConfig, StreamConfig
+
+__all__ = ["DaemonConfig", "LoadedConfig", "PipelineConfig", "StreamConfig", "load_config"]

@@ -1,0 +1,197 @@
+"""Pydantic models of the daemon configuration. Pure: no file, network or model access here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,47}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '_' or '-', at most 48 characters.")]
+Point = Annotated[tuple[float, float], Field(description="[x, y] in source-frame pixels.")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackoffConfig(Strict):
+    initial_s: float = Field(0.5, gt=0, le=60, description="First retry delay in seconds.")
+    max_s: float = Field(30.0, gt=0, le=3600, description="Largest retry delay in seconds.")
+    multiplier: float = Field(2.0, ge=1, le=10, description="Delay growth factor per failed attempt.")
+    jitter: float = Field(0.2, ge=0, le=1, description="Random spread of each delay, as a fraction of it.")
+
+
+class SourceRetryConfig(BackoffConfig):
+    max_attempts: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Consecutive failed opens before the stream is marked failed; none = retry forever "
+        "(default for live sources; files default to 3).",
+    )
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="Give up opening a source after this long.")
+    read_timeout_s: float = Field(5.0, gt=0, le=300, description="Treat a live source as lost after this long without data.")
+
+
+class StreamConfig(Strict):
+    name: Name
+    url: str = Field(description="File path, rtsp://..., or a V4L2 device (/dev/videoN or v4l2:///dev/videoN).")
+    pipeline: Name = Field(description="Name of a pipeline in `pipelines:` or a file pipelines/<name>.yaml.")
+    enabled: bool = Field(True, description="Set false to keep a stream in the file without running it.")
+    realtime: bool | None = Field(
+        None,
+        description="Files only: pace frames at their timestamps and keep the newest frame (drops counted) "
+        "instead of processing every frame as fast as possible. Live sources are always real time.",
+    )
+    loop: bool = Field(False, description="Files only: start again at the end instead of finishing.")
+    ring_slots: int = Field(8, ge=3, le=256, description="Frames held in the stream's shared-memory ring.")
+    max_width: int = Field(3840, ge=16, le=16384, description="Largest frame width the ring is sized for.")
+    max_height: int = Field(2160, ge=16, le=16384, description="Largest frame height the ring is sized for.")
+    options: dict[str, str] = Field(default_factory=dict, description="Extra FFmpeg demuxer options.")
+    retry: SourceRetryConfig = Field(default_factory=SourceRetryConfig)
+
+    @property
+    def kind(self) -> Literal["file", "rtsp", "v4l2"]:
+        return source_kind(self.url)
+
+    @property
+    def is_live(self) -> bool:
+        return self.kind != "file"
+
+    @property
+    def is_realtime(self) -> bool:
+        return self.is_live or bool(self.realtime)
+
+    @property
+    def is_finite(self) -> bool:
+        return self.kind == "file" and not self.loop
+
+
+def source_kind(url: str) -> Literal["file", "rtsp", "v4l2"]:
+    lowered = url.lower()
+    if lowered.startswith(("rtsp://", "rtsps://")):
+        return "rtsp"
+    if lowered.startswith("v4l2://") or lowered.startswith("/dev/video"):
+        return "v4l2"
+    return "file"
+
+
+class LineConfig(Strict):
+    name: Name
+    points: tuple[Point, Point] = Field(description="Two [x, y] points in source-frame pixels.")
+    classes: list[str] | None = Field(None, description="Count only these class names (default: all).")
+    anchor: Literal["bottom_center", "center", "top_center"] = Field(
+        "bottom_center", description="Point of the box that must cross the line."
+    )
+    min_distance_px: float = Field(
+        2.0, ge=0, le=1000, description="A track counts only once it is this far past the line (hysteresis)."
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _distinct(cls, points: tuple[Point, Point]) -> tuple[Point, Point]:
+        if points[0] == points[1]:
+            raise ValueError("the two points of a line must differ")
+        return points
+
+
+class TrackerConfig(Strict):
+    lost_track_s: float = Field(1.0, gt=0, le=60, description="Keep a lost track this many seconds for re-association.")
+    activation_threshold: float = Field(0.5, ge=0, le=1, description="Confidence needed to start a track.")
+    high_confidence: float = Field(0.5, ge=0, le=1, description="First-stage association threshold.")
+    min_iou: float = Field(0.1, ge=0, le=1, description="Smallest IoU that links a detection to a track.")
+    min_consecutive_frames: int = Field(1, ge=1, le=30, description="Frames before a new track gets an id.")
+
+
+class PipelineConfig(Strict):
+    model: str = Field(description="Path to an ONNX model file.")
+    labels: str | None = Field(None, description="Class-names file (one per line) for models that carry none.")
+    adapter: Literal["auto", "ultralytics", "yolox"] = Field("auto", description="Output decoder; auto reads the model.")
+    input_size: tuple[int, int] | None = Field(None, description="[height, width] for models with a dynamic input size.")
+    confidence: float = Field(0.25, ge=0, le=1, description="Drop detections below this score.")
+    iou: float = Field(0.45, gt=0, le=1, description="IoU threshold of non-maximum suppression.")
+    class_agnostic_nms: bool = False
+    max_detections: int = Field(300, ge=1, le=10000)
+    classes: list[str] | None = Field(None, description="Keep only these class names (default: all).")
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    lines: list[LineConfig] = Field(default_factory=list)
+
+    @field_validator("lines")
+    @classmethod
+    def _unique_lines(cls, lines: list[LineConfig]) -> list[LineConfig]:
+        names = [line.name for line in lines]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"line names must be unique; repeated: {', '.join(dupes)}")
+        return lines
+
+
+class InferenceConfig(Strict):
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference; unavailable ones are skipped (logged).",
+    )
+    intra_op_threads: int = Field(0, ge=0, le=256, description="ORT intra-op threads; 0 = ORT default.")
+    inter_op_threads: int = Field(1, ge=0, le=256)
+    max_batch: int = Field(4, ge=1, le=64, description="Send a batch once this many streams have a frame.")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="Or once the first frame of a batch waited this long.")
+
+
+class JsonlSinkConfig(Strict):
+    type: Literal["jsonl"]
+    path: str = Field(description="File that receives one JSON event per line (appended).")
+    include_tracks: bool = Field(False, description="Also write one `tracks` record per analysed frame.")
+
+
+class ZmqSinkConfig(Strict):
+    type: Literal["zmq"]
+    endpoint: str = Field("tcp://127.0.0.1:5560", description="ZeroMQ PUB endpoint to bind.")
+    include_tracks: bool = Field(True, description="Also publish one `tracks` message per analysed frame.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not value.startswith(("tcp://", "ipc://")):
+            raise ValueError("endpoint must start with tcp:// or ipc://, e.g. tcp://127.0.0.1:5560")
+        return value
+
+
+SinkConfig = Annotated[JsonlSinkConfig | ZmqSinkConfig, Field(discriminator="type")]
+
+
+class SupervisorConfig(Strict):
+    heartbeat_timeout_s: float = Field(15.0, gt=0, le=600, description="Restart a stage silent for this long.")
+    restart: BackoffConfig = Field(default_factory=BackoffConfig)
+    crash_loop_restarts: int = Field(5, ge=1, le=100, description="This many restarts within the window is a crash loop.")
+    crash_loop_window_s: float = Field(60.0, gt=0, le=3600)
+    stats_interval_s: float = Field(10.0, gt=0, le=3600, description="Log per-stream fps, drops and latency this often.")
+    stop_timeout_s: float = Field(10.0, gt=0, le=120, description="Kill a stage that has not stopped after this long.")
+
+
+class DaemonConfig(Strict):
+    streams: list[StreamConfig] = Field(min_length=1)
+    pipelines: dict[Name, PipelineConfig] = Field(default_factory=dict)
+    sinks: list[SinkConfig] = Field(default_factory=list)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _references(self) -> DaemonConfig:
+        names = [s.name for s in self.streams]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stream names must be unique; repeated: {', '.join(dupes)}")
+        for i, stream in enumerate(self.streams):
+            if stream.pipeline not in self.pipelines:
+                raise ValueError(
+                    f"streams[{i}] ({stream.name}): pipeline '{stream.pipeline}' is not defined; "
+                    f"add it under `pipelines:` or as pipelines/{stream.pipeline}.yaml "
+                    f"(known: {', '.join(sorted(self.pipelines)) or 'none'})"
+                )
+            if stream.is_live and (stream.realtime is False or stream.loop):
+                raise ValueError(f"streams[{i}] ({stream.name}): `realtime: false` and `loop` apply to files only")
+        return self
+
+    @property
+    def active_streams(self) -> list[StreamConfig]:
+        return [s for s in self.streams if s.enabled]

@@ -1,0 +1,189 @@
+"""Decoder process of one stream: source state machine, pacing, shm ring writes, FrameReady messages."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+import av
+import zmq
+
+from streamd.config.models import StreamConfig
+from streamd.decode.sources import decode_frames, open_source
+from streamd.errors import SourceError
+from streamd.ipc import sockets
+from streamd.ipc.messages import FrameReady, StreamCounters, StreamEnd, encoder
+from streamd.ipc.ring import FrameRing
+from streamd.redact import redact
+from streamd.runtime.backoff import Backoff
+from streamd.runtime.stage import EXIT_FAILED, EXIT_OK, Stage
+
+NUDGE_INTERVAL_S = 0.5  # re-announce the newest frame while blocked, so a restarted consumer finds it
+FILE_DEFAULT_ATTEMPTS = 3
+
+
+class SourceState(str, enum.Enum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    BACKING_OFF = "backing_off"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class DecoderStage(Stage):
+    """params: stream (StreamConfig), ring (ring name), inference_endpoint."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.stream: StreamConfig = self.spec.params["stream"]
+        self.ring = FrameRing.attach(self.spec.params["ring"])
+        self.frames_out = sockets.push(self.ctx, self.spec.params["inference_endpoint"], hwm=self.ring.n_slots * 4)
+        self.state = SourceState.CONNECTING
+        self.frames_decoded = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.backoff = Backoff(self.stream.retry)
+        self.log = self.log.bind(stream=self.stream.name, url=redact(self.stream.url))
+
+    def counters(self) -> dict[str, StreamCounters]:
+        return {
+            self.stream.name: StreamCounters(
+                state=self.state.value, frames_decoded=self.frames_decoded,
+                reconnects=self.reconnects, last_error=self.last_error,
+            )
+        }
+
+    def _set_state(self, state: SourceState, **fields: Any) -> None:
+        if state != self.state:
+            self.log.info("source_state", state=state.value, previous=self.state.value, **fields)
+            self.state = state
+            self.beat(force=True)
+
+    def run(self) -> int:
+        if self.ring.eof_seq:  # restarted after the file already ended: only finish the hand-over
+            return self._finish()
+        max_attempts = self.stream.retry.max_attempts or (None if self.stream.is_live else FILE_DEFAULT_ATTEMPTS)
+        failures = 0
+        # After a restart mid-file, number frames on from the ring and skip those already written.
+        frame_index = self._last_written_frame_index() + 1
+        skip = frame_index if self.stream.is_finite else 0
+        pts_offset = 0.0
+        while not self.stop.is_set():
+            self._set_state(SourceState.CONNECTING)
+            try:
+                container = open_source(self.stream)
+            except SourceError as exc:
+                failures += 1
+                self.last_error = str(exc)
+                if max_attempts is not None and failures >= max_attempts:
+                    self._set_state(SourceState.FAILED, error=self.last_error, attempts=failures)
+                    self.log.error("source_failed", error=self.last_error, attempts=failures,
+                                   hint="check the url and that the source is reachable; the other streams keep running")
+                    self.beat(force=True)
+                    return EXIT_FAILED
+                self._back_off(self.last_error)
+                continue
+            try:
+                ended, frame_index, pts_offset = self._pump(container, frame_index, skip, pts_offset)
+                skip = 0
+                failures = 0
+            except (av.FFmpegError, OSError) as exc:
+                self.last_error = f"stream {self.stream.name}: read failed: {redact(str(exc))}"
+                ended = False
+                failures += 1
+            finally:
+                container.close()
+            if self.stop.is_set():
+                break
+            if ended and self.stream.kind == "file":
+                if self.stream.loop:
+                    continue
+                self.ring.mark_eof()
+                return self._finish()
+            # Live source ended or broke: reconnect.
+            self.reconnects += 1
+            self._back_off(self.last_error or "source ended")
+        return EXIT_OK
+
+    def _back_off(self, reason: str) -> None:
+        delay = self.backoff.next_delay()
+        self._set_state(SourceState.BACKING_OFF, reason=reason, retry_in_s=round(delay, 2))
+        self.sleep(delay)
+
+    def _pump(self, container: av.container.InputContainer, frame_index: int, skip: int,
+              pts_offset: float) -> tuple[bool, int, float]:
+        """Decode until the source ends (True) or stop is requested (False); skip the first ``skip`` frames."""
+        realtime = self.stream.is_realtime
+        pace_files = self.stream.kind == "file" and realtime
+        start_wall: float | None = None
+        start_pts = 0.0
+        last_pts = pts_offset
+        for decoded in decode_frames(container, live=self.stream.is_live):
+            if self.stop.is_set():
+                return False, frame_index, pts_offset
+            if skip > 0:
+                skip -= 1
+                continue
+            pts = pts_offset + decoded.pts_s
+            if pace_files:
+                if start_wall is None:
+                    start_wall, start_pts = time.monotonic(), pts
+                delay = start_wall + (pts - start_pts) - time.monotonic()
+                if delay > 0:
+                    self.sleep(delay)
+            elif not realtime:
+                self._wait_for_space()
+                if self.stop.is_set():
+                    return False, frame_index, pts_offset
+            if self.state != SourceState.STREAMING:
+                self._set_state(SourceState.STREAMING, width=decoded.image.shape[1], height=decoded.image.shape[0])
+                self.backoff.reset()
+            t_decoded = time.monotonic_ns()
+            seq = self.ring.write(decoded.image, frame_index, pts, time.time(), t_decoded)
+            self._announce(seq, t_decoded)
+            self.frames_decoded += 1
+            frame_index += 1
+            last_pts = pts
+            self.beat()
+        # Next loop of a looping file continues its timeline one frame after this one.
+        step = 1.0 / float(container.streams.video[0].average_rate or 25)
+        return True, frame_index, last_pts + step
+
+    def _wait_for_space(self) -> None:
+        """Files at full speed: block until the consumer released a slot (back-pressure, no drops)."""
+        last_nudge = time.monotonic()
+        while not self.ring.can_write_without_drop() and not self.stop.is_set():
+            self.stop.wait(0.0005)
+            now = time.monotonic()
+            if now - last_nudge >= NUDGE_INTERVAL_S:
+                self._announce(self.ring.write_seq, time.monotonic_ns())
+                last_nudge = now
+            self.beat()
+
+    def _announce(self, seq: int, t_decoded_ns: int) -> None:
+        msg = FrameReady(stream=self.stream.name, pipeline=self.stream.pipeline, ring=self.ring.name, seq=seq,
+                         realtime=self.stream.is_realtime, t_decoded_ns=t_decoded_ns)
+        try:
+            self.frames_out.send(encoder.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # consumer gone or saturated: the ring keeps the frame; the next message or nudge finds it
+
+    def _finish(self) -> int:
+        """The file ended: tell downstream until the supervisor, having seen it drained, stops us."""
+        self._set_state(SourceState.FINISHED, frames=self.frames_decoded)
+        end = encoder.encode(StreamEnd(stream=self.stream.name, ring=self.ring.name, last_seq=self.ring.eof_seq))
+        while not self.stop.is_set():
+            try:
+                self.frames_out.send(end, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            self.sleep(1.0)
+        return EXIT_OK
+
+    def _last_written_frame_index(self) -> int:
+        seq = self.ring.write_seq
+        if seq == 0:
+            return -1
+        found = self.ring.read(seq)
+        return found[0].frame_index if found else -1

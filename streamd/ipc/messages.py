@@ -1,0 +1,126 @@
+"""Every message that crosses a socket, as frozen msgspec structs (msgpack on the wire, never pickle).
+
+Timestamps ending in ``_ns`` are CLOCK_MONOTONIC nanoseconds (one clock for all processes on a host)
+and measure latency; ``wall_ts`` is Unix time in seconds for people and external systems.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+
+class FrameReady(msgspec.Struct, frozen=True, tag="frame"):
+    """decoder -> inference: a frame sits in ``ring`` under ``seq``. A wake-up, not the frame itself."""
+
+    stream: str
+    pipeline: str
+    ring: str
+    seq: int
+    realtime: bool
+    t_decoded_ns: int
+
+
+class StreamEnd(msgspec.Struct, frozen=True, tag="end"):
+    """A finite source finished after frame ``last_seq``; flows decoder -> inference -> analytics -> sinks."""
+
+    stream: str
+    ring: str
+    last_seq: int
+
+
+class Detections(msgspec.Struct, frozen=True, tag="detections"):
+    """inference -> analytics: detections of one frame, boxes in source pixels.
+
+    Arrays travel as raw little-endian bytes: xyxy float32 [n, 4], confidence float32 [n], class_id int32 [n].
+    """
+
+    stream: str
+    pipeline: str
+    seq: int
+    frame_index: int
+    pts_s: float
+    wall_ts: float
+    width: int
+    height: int
+    xyxy: bytes
+    confidence: bytes
+    class_id: bytes
+    batch_size: int
+    t_decoded_ns: int
+    t_batched_ns: int
+    t_inferred_ns: int
+
+
+class Track(msgspec.Struct, frozen=True, array_like=True):
+    track_id: int
+    class_id: int
+    class_name: str
+    confidence: float
+    xyxy: tuple[float, float, float, float]
+
+
+class TrackedFrame(msgspec.Struct, frozen=True, tag="tracks"):
+    """analytics -> sinks: tracked objects of one frame."""
+
+    stream: str
+    frame: int
+    pts_s: float
+    ts: float
+    tracks: list[Track]
+    t_decoded_ns: int
+    t_analysed_ns: int
+
+
+class LineCrossing(msgspec.Struct, frozen=True, tag="line_crossing"):
+    """analytics -> sinks: a track crossed a counting line. ``id`` is stable for the same crossing."""
+
+    id: str
+    stream: str
+    line: str
+    direction: str
+    track_id: int
+    class_id: int
+    class_name: str
+    frame: int
+    pts_s: float
+    ts: float
+    t_decoded_ns: int
+    t_analysed_ns: int
+
+
+class StreamCounters(msgspec.Struct, omit_defaults=True):
+    """Per-stream numbers a stage reports in its heartbeat; each stage fills the fields it owns."""
+
+    state: str | None = None
+    frames_decoded: int | None = None
+    reconnects: int | None = None
+    last_error: str | None = None
+    frames_inferred: int | None = None
+    dropped_stale: int | None = None
+    dropped_overwritten: int | None = None
+    frames_analysed: int | None = None
+    crossings: int | None = None
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    events_written: int | None = None
+    drained: bool | None = None
+
+
+class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
+    """stage -> supervisor, about once a second from the stage's main loop (so a stuck loop goes silent)."""
+
+    stage: str
+    pid: int
+    streams: dict[str, StreamCounters]
+    batches: int = 0
+    mean_batch_size: float = 0.0
+    infer_ms_p50: float = 0.0
+
+
+PipelineMessage = Union[FrameReady, StreamEnd, Detections, TrackedFrame, LineCrossing]
+
+encoder = msgspec.msgpack.Encoder()
+pipeline_decoder = msgspec.msgpack.Decoder(PipelineMessage)
+heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)

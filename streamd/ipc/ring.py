@@ -1,0 +1,232 @@
+"""Shared-memory frame ring: one per stream, written by its decoder, read by the inference stage.
+
+Layout of the /dev/shm file: a ring header, then ``n_slots`` slots of (slot header + pixels).
+A writer publishes frame ``seq`` in slot ``seq % n_slots`` seqlock-style: it stamps ``seq_begin``,
+copies pixels and metadata, then stamps ``seq_end`` and advances ``write_seq``. A reader that used a
+slot confirms afterwards that ``seq_begin`` still holds its seq; otherwise the slot was overwritten
+under it. ``released_seq`` is written by the consumer and gives the writer back-pressure when it must
+not drop frames. The supervisor creates and unlinks rings, so a crashed stage never leaks one.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamd.errors import RingError
+
+SHM_DIR = Path("/dev/shm")
+PREFIX = "streamd-"
+_MAGIC = 0x53545244  # "STRD"
+_VERSION = 1
+_ALIGN = 64
+
+_RING_HEADER = np.dtype(
+    [
+        ("magic", "<u4"), ("version", "<u4"), ("n_slots", "<u4"), ("channels", "<u4"),
+        ("max_height", "<u4"), ("max_width", "<u4"), ("slot_stride", "<u8"),
+        ("write_seq", "<u8"), ("released_seq", "<u8"), ("eof_seq", "<u8"),
+    ],
+    align=True,
+)
+_SLOT_HEADER = np.dtype(
+    [
+        ("seq_begin", "<u8"), ("seq_end", "<u8"), ("height", "<u4"), ("width", "<u4"),
+        ("frame_index", "<u8"), ("pts_s", "<f8"), ("wall_ts", "<f8"), ("t_decoded_ns", "<u8"),
+    ],
+    align=True,
+)
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+_RING_HEADER_BYTES = _aligned(_RING_HEADER.itemsize)
+_SLOT_HEADER_BYTES = _aligned(_SLOT_HEADER.itemsize)
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    seq: int
+    frame_index: int
+    pts_s: float
+    wall_ts: float
+    t_decoded_ns: int
+    height: int
+    width: int
+
+
+def ring_name(owner_pid: int, stream: str) -> str:
+    return f"{PREFIX}{owner_pid}-{stream}"
+
+
+class FrameRing:
+    """A mapped ring. Use :meth:`create` in the owner and :meth:`attach` in every other process."""
+
+    def __init__(self, name: str, fd: int, size: int):
+        self.name = name
+        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        os.close(fd)
+        self._header = np.ndarray((), _RING_HEADER, buffer=self._mm, offset=0)
+        if int(self._header["magic"]) != _MAGIC or int(self._header["version"]) != _VERSION:
+            self._mm.close()
+            raise RingError(f"shared memory {name} is not a streamd frame ring of version {_VERSION}")
+        self.n_slots = int(self._header["n_slots"])
+        self.channels = int(self._header["channels"])
+        self.max_height = int(self._header["max_height"])
+        self.max_width = int(self._header["max_width"])
+        stride = int(self._header["slot_stride"])
+        self._slots = [
+            np.ndarray((), _SLOT_HEADER, buffer=self._mm, offset=_RING_HEADER_BYTES + i * stride)
+            for i in range(self.n_slots)
+        ]
+        self._data_offsets = [_RING_HEADER_BYTES + i * stride + _SLOT_HEADER_BYTES for i in range(self.n_slots)]
+
+    @classmethod
+    def create(cls, name: str, n_slots: int, max_width: int, max_height: int, channels: int = 3) -> FrameRing:
+        if n_slots < 3:
+            raise RingError(f"ring {name}: needs at least 3 slots, got {n_slots}")
+        stride = _SLOT_HEADER_BYTES + _aligned(max_width * max_height * channels)
+        size = _RING_HEADER_BYTES + n_slots * stride
+        path = SHM_DIR / name
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)  # sparse on tmpfs: pages are committed only when a frame touches them
+            header = np.zeros((), _RING_HEADER)
+            header["magic"], header["version"], header["n_slots"] = _MAGIC, _VERSION, n_slots
+            header["channels"], header["max_height"], header["max_width"] = channels, max_height, max_width
+            header["slot_stride"] = stride
+            os.pwrite(fd, header.tobytes(), 0)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return cls(name, fd, size)
+
+    @classmethod
+    def attach(cls, name: str) -> FrameRing:
+        path = SHM_DIR / name
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise RingError(f"frame ring {name} does not exist (its stream was stopped or never started)") from None
+        return cls(name, fd, os.fstat(fd).st_size)
+
+    # --- writer side -------------------------------------------------------------------------------
+
+    @property
+    def write_seq(self) -> int:
+        return int(self._header["write_seq"])
+
+    @property
+    def released_seq(self) -> int:
+        return int(self._header["released_seq"])
+
+    @property
+    def eof_seq(self) -> int:
+        """Last seq of a finished finite source, 0 while it is still running."""
+        return int(self._header["eof_seq"])
+
+    def mark_eof(self) -> None:
+        self._header["eof_seq"] = self.write_seq
+
+    def can_write_without_drop(self) -> bool:
+        """True when the next write overwrites no unreleased frame (one slot stays spare for late readers)."""
+        return self.write_seq - self.released_seq < self.n_slots - 1
+
+    def write(self, frame: np.ndarray, frame_index: int, pts_s: float, wall_ts: float, t_decoded_ns: int) -> int:
+        """Copy ``frame`` (H x W x C uint8) into the next slot and publish it. Returns its seq."""
+        height, width = frame.shape[:2]
+        if height > self.max_height or width > self.max_width or frame.ndim != 3 or frame.shape[2] != self.channels:
+            raise RingError(
+                f"ring {self.name}: frame {width}x{height}x{frame.shape[2] if frame.ndim == 3 else 1} does not fit "
+                f"slots of {self.max_width}x{self.max_height}x{self.channels}; raise the stream's max_width/max_height"
+            )
+        seq = self.write_seq + 1
+        index = seq % self.n_slots
+        slot = self._slots[index]
+        slot["seq_begin"] = seq  # from here on readers of the old frame see it as overwritten
+        pixels = np.ndarray((height, width, self.channels), np.uint8, buffer=self._mm, offset=self._data_offsets[index])
+        pixels[...] = frame
+        slot["height"], slot["width"], slot["frame_index"] = height, width, frame_index
+        slot["pts_s"], slot["wall_ts"], slot["t_decoded_ns"] = pts_s, wall_ts, t_decoded_ns
+        slot["seq_end"] = seq
+        self._header["write_seq"] = seq
+        return seq
+
+    # --- reader side -------------------------------------------------------------------------------
+
+    def read(self, seq: int) -> tuple[FrameMeta, np.ndarray] | None:
+        """Zero-copy view of frame ``seq``, or None when it is not (or no longer) in the ring.
+
+        The view aliases shared memory: after using it, call :meth:`still_valid` to learn whether the
+        writer overwrote the slot meanwhile.
+        """
+        if seq <= 0:
+            return None
+        index = seq % self.n_slots
+        slot = self._slots[index]
+        if int(slot["seq_end"]) != seq or int(slot["seq_begin"]) != seq:
+            return None
+        meta = FrameMeta(
+            seq=seq, frame_index=int(slot["frame_index"]), pts_s=float(slot["pts_s"]), wall_ts=float(slot["wall_ts"]),
+            t_decoded_ns=int(slot["t_decoded_ns"]), height=int(slot["height"]), width=int(slot["width"]),
+        )
+        pixels = np.ndarray((meta.height, meta.width, self.channels), np.uint8, buffer=self._mm,
+                            offset=self._data_offsets[index])
+        return meta, pixels
+
+    def still_valid(self, seq: int) -> bool:
+        return int(self._slots[seq % self.n_slots]["seq_begin"]) == seq
+
+    def release(self, seq: int) -> None:
+        """Consumer: every frame up to ``seq`` is done with; the writer may reuse their slots."""
+        if seq > self.released_seq:
+            self._header["released_seq"] = seq
+
+    def close(self) -> None:
+        # Views handed out keep the mmap alive; drop ours and let the GC unmap it when they go.
+        self._slots = []
+        self._header = None  # type: ignore[assignment]
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+
+
+def unlink_ring(name: str) -> bool:
+    try:
+        (SHM_DIR / name).unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+_OWNED = re.compile(rf"^{re.escape(PREFIX)}(\d+)-")
+
+
+def remove_orphaned_rings() -> list[str]:
+    """Unlink rings whose owning daemon process is gone (after a kill -9 of the supervisor)."""
+    removed = []
+    for path in SHM_DIR.glob(f"{PREFIX}*"):
+        match = _OWNED.match(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
