@@ -28,6 +28,8 @@ class AnalyticsStage(Stage):
         self.streams: dict[str, StreamAnalytics] = {}
         self.frames: dict[str, int] = {}
         self.crossings: dict[str, int] = {}
+        self.last_seq: dict[str, int] = {}
+        self.duplicates = 0
 
     def counters(self) -> dict[str, StreamCounters]:
         return {s: StreamCounters(frames_analysed=n, crossings=self.crossings.get(s, 0)) for s, n in self.frames.items()}
@@ -52,6 +54,11 @@ class AnalyticsStage(Stage):
         return analytics
 
     def _on_detections(self, msg: Detections) -> None:
+        if msg.seq <= self.last_seq.get(msg.stream, 0):
+            # A restarted inference stage replays frames it had not released; each frame counts once.
+            self.duplicates += 1
+            return
+        self.last_seq[msg.stream] = msg.seq
         analytics = self._analytics(msg.stream, msg.pipeline)
         xyxy = np.frombuffer(msg.xyxy, "<f4").reshape(-1, 4)
         result = analytics.update(xyxy, np.frombuffer(msg.confidence, "<f4"),

@@ -1,0 +1,188 @@
+"""streamd.infer.batcher: which frames go into the next inference batch, and when."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamd.infer.batcher import BatchItem, Batcher
+
+WAIT = 0.005
+
+
+def items(batch: list[BatchItem]) -> list[tuple[str, int]]:
+    return [(b.stream, b.seq) for b in batch]
+
+
+def test_nothing_pending() -> None:
+    b = Batcher(max_batch=2, max_wait_s=WAIT)
+    assert b.seconds_until_due(0.0) is None
+    assert b.pending_streams() == 0
+    assert b.take(0.0) == []
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        Batcher(max_batch=0, max_wait_s=WAIT)
+
+
+@pytest.mark.parametrize("max_batch", [1, 2, 4])
+def test_due_at_once_when_max_batch_streams_have_a_frame(max_batch: int) -> None:
+    b = Batcher(max_batch=max_batch, max_wait_s=10.0)
+    for i in range(max_batch - 1):
+        b.offer(f"s{i}", 1, False, now=0.0)
+        assert b.seconds_until_due(0.0) == pytest.approx(10.0)
+    b.offer("last", 1, False, now=0.0)
+    assert b.seconds_until_due(0.0) == 0.0
+    assert len(b.take(0.0)) == max_batch
+
+
+def test_due_max_wait_after_the_first_frame() -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b.offer("a", 1, False, now=100.0)
+    b.offer("b", 1, False, now=100.003)
+    b.offer("a", 2, False, now=100.004)  # more frames of a waiting stream do not restart its clock
+    assert b.seconds_until_due(100.0) == pytest.approx(WAIT)
+    assert b.seconds_until_due(100.004) == pytest.approx(0.001)
+    assert b.seconds_until_due(100.005) == 0.0
+    assert b.seconds_until_due(200.0) == 0.0  # never negative
+    assert items(b.take(100.005)) == [("a", 1), ("b", 1)]
+
+
+def test_at_most_one_frame_per_stream_per_batch() -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b.offer("a", 3, False, now=0.0)  # seqs 1..3 exist
+    b.offer("b", 2, False, now=0.0)
+    batch = items(b.take(1.0))
+    assert sorted(batch) == [("a", 1), ("b", 1)]
+    assert len({s for s, _ in batch}) == len(batch)
+
+
+def test_batch_is_capped_and_longest_waiting_streams_go_first() -> None:
+    b = Batcher(max_batch=2, max_wait_s=WAIT)
+    b.offer("late", 1, False, now=3.0)
+    b.offer("early", 1, False, now=1.0)
+    b.offer("mid", 1, False, now=2.0)
+    assert items(b.take(3.0)) == [("early", 1), ("mid", 1)]
+    assert items(b.take(3.0)) == [("late", 1)]
+    assert b.pending_streams() == 0
+
+
+def test_realtime_takes_the_newest_and_counts_drops() -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    for seq in range(1, 6):
+        b.offer("live", seq, True, now=seq * 0.001)
+    assert items(b.take(1.0)) == [("live", 5)]
+    assert b.dropped == {"live": 4}
+    assert not b.has_pending("live")
+    b.offer("live", 6, True, now=1.1)
+    assert items(b.take(1.2)) == [("live", 6)]
+    assert b.dropped == {"live": 4}  # nothing skipped this time
+    for seq in (7, 8, 9):
+        b.offer("live", seq, True, now=1.3)
+    b.take(1.4)
+    assert b.dropped == {"live": 6}
+    assert b.next_seq("live") == 10
+
+
+def test_non_realtime_takes_the_oldest_and_drops_nothing() -> None:
+    b = Batcher(max_batch=2, max_wait_s=WAIT)
+    taken: list[int] = []
+    now = 0.0
+    b.offer("file", 3, False, now=now)
+    for seq in range(4, 11):
+        now += 0.001
+        b.offer("file", seq, False, now=now)
+        taken += [s for _, s in items(b.take(now))]
+    while b.has_pending("file"):
+        taken += [s for _, s in items(b.take(now))]
+    assert taken == list(range(1, 11))
+    assert b.dropped == {}
+
+
+def test_a_backlog_is_due_at_once_after_a_take() -> None:
+    b = Batcher(max_batch=4, max_wait_s=1.0)
+    b.offer("file", 3, False, now=10.0)
+    assert b.seconds_until_due(10.0) == pytest.approx(1.0)
+    assert items(b.take(11.0)) == [("file", 1)]
+    assert b.seconds_until_due(11.0) == 0.0  # seq 2 has already waited
+    assert items(b.take(11.0)) == [("file", 2)]
+    assert items(b.take(11.0)) == [("file", 3)]
+    assert b.seconds_until_due(11.0) is None
+
+
+def test_a_silent_stream_never_delays_the_others() -> None:
+    b = Batcher(max_batch=3, max_wait_s=WAIT)
+    for s in ("a", "b", "c"):
+        b.offer(s, 1, True, now=0.0)
+    assert items(b.take(0.0)) == [("a", 1), ("b", 1), ("c", 1)]
+    # c stops sending; a and b keep going
+    b.offer("a", 2, True, now=1.0)
+    b.offer("b", 2, True, now=1.001)
+    assert b.seconds_until_due(1.0) == pytest.approx(WAIT)
+    assert b.seconds_until_due(1.0 + WAIT) == 0.0
+    assert items(b.take(1.0 + WAIT)) == [("a", 2), ("b", 2)]
+    assert not b.has_pending("c")
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_duplicate_and_old_announcements_are_ignored(realtime: bool) -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b.offer("a", 1, realtime, now=0.0)
+    assert items(b.take(0.01)) == [("a", 1)]
+    b.offer("a", 1, realtime, now=0.02)  # duplicate of a frame already taken
+    assert b.seconds_until_due(0.02) is None and not b.has_pending("a")
+    b.offer("a", 2, realtime, now=0.03)
+    b.offer("a", 2, realtime, now=0.04)  # same frame announced again
+    b.offer("a", 1, realtime, now=0.05)  # an older one
+    assert b.seconds_until_due(0.03) == pytest.approx(WAIT)  # clock of the first announcement
+    assert items(b.take(0.1)) == [("a", 2)]
+    assert b.pending_streams() == 0
+    assert b.dropped.get("a", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("realtime", "expected_seq", "dropped"),
+    [(False, 8, 0), (True, 10, 2)],
+)
+def test_first_unseen_seeds_a_new_stream(realtime: bool, expected_seq: int, dropped: int) -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b.offer("a", 10, realtime, now=0.0, first_unseen=8)
+    assert items(b.take(1.0)) == [("a", expected_seq)]
+    assert b.dropped.get("a", 0) == dropped
+
+
+def test_first_unseen_is_only_used_for_a_new_stream_and_ignores_older_seqs() -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b.offer("a", 5, False, now=0.0, first_unseen=5)
+    assert b.next_seq("a") == 5
+    b.offer("a", 4, False, now=0.0, first_unseen=1)  # below the seed: already done elsewhere
+    assert items(b.take(1.0)) == [("a", 5)]
+    b.offer("a", 6, False, now=1.0, first_unseen=1)  # seed no longer applies
+    assert items(b.take(2.0)) == [("a", 6)]
+
+
+def test_first_unseen_below_one_is_clamped() -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b.offer("a", 2, False, now=0.0, first_unseen=0)
+    assert items(b.take(1.0)) == [("a", 1)]
+
+
+def test_realtime_none_keeps_the_current_policy() -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b.offer("a", 1, True, now=0.0)
+    b.offer("a", 4, None, now=0.001)  # e.g. an end-of-stream nudge
+    assert items(b.take(1.0)) == [("a", 4)]
+    b.offer("new", 3, None, now=1.0)  # unseen stream with no policy: frame by frame
+    assert items(b.take(2.0)) == [("new", 1)]
+
+
+def test_forget_resets_a_stream() -> None:
+    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b.offer("a", 5, True, now=0.0)
+    b.take(1.0)
+    assert b.dropped == {"a": 4} and b.next_seq("a") == 6
+    b.offer("a", 7, True, now=1.0)
+    b.forget("a")
+    assert not b.has_pending("a") and b.dropped == {} and b.next_seq("a") == 1
+    b.offer("a", 1, False, now=2.0)
+    assert items(b.take(3.0)) == [("a", 1)]
