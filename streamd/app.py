@@ -209,8 +209,8 @@ class Daemon:
             log.info("stream_stats", stream=stream, state=c.get("state"), fps=round(fps, 1), frames=frames,
                      dropped=int(c.get("dropped_stale", 0)) + int(c.get("dropped_overwritten", 0)),
                      reconnects=c.get("reconnects", 0), latency_p50_ms=c.get("latency_p50_ms"),
-                     latency_p99_ms=c.get("latency_p99_ms"), crossings=c.get("crossings", 0),
-                     last_error=c.get("last_error"))
+                     latency_p99_ms=c.get("latency_p99_ms"), stage_p99_ms=c.get("stage_p99_ms"),
+                     crossings=c.get("crossings", 0), last_error=c.get("last_error"))
         for name, handle in self.supervisor.stages.items():
             if name.startswith("infer-") and handle.heartbeat is not None:
                 hb = handle.heartbeat
@@ -226,7 +226,7 @@ class Daemon:
                      dropped_stale=c.get("dropped_stale", 0), dropped_overwritten=c.get("dropped_overwritten", 0),
                      crossings=c.get("crossings", 0), events_written=c.get("events_written", 0),
                      latency_p50_ms=c.get("latency_p50_ms"), latency_p99_ms=c.get("latency_p99_ms"),
-                     error=self.failed_streams.get(stream))
+                     stage_p99_ms=c.get("stage_p99_ms"), error=self.failed_streams.get(stream))
 
     # --- stop ----------------------------------------------------------------------------------------
 

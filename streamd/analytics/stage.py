@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,21 @@ class AnalyticsStage(Stage):
         self.frames: dict[str, int] = {}
         self.crossings: dict[str, int] = {}
         self.last_seq: dict[str, int] = {}
+        # per stream, recent (queue, infer, analyse) durations in ms: where the latency goes
+        self.stage_ms: dict[str, deque[tuple[float, float, float]]] = {}
         self.duplicates = 0
 
     def counters(self) -> dict[str, StreamCounters]:
-        return {s: StreamCounters(frames_analysed=n, crossings=self.crossings.get(s, 0)) for s, n in self.frames.items()}
+        out = {}
+        for stream, frames in self.frames.items():
+            window = np.asarray(self.stage_ms.get(stream) or [(0.0, 0.0, 0.0)])
+            p99 = np.percentile(window, 99, axis=0)
+            out[stream] = StreamCounters(
+                frames_analysed=frames, crossings=self.crossings.get(stream, 0),
+                stage_p99_ms={"queue": round(float(p99[0]), 2), "infer": round(float(p99[1]), 2),
+                              "analyse": round(float(p99[2]), 2)},
+            )
+        return out
 
     def run(self) -> int:
         while True:
@@ -85,6 +97,10 @@ class AnalyticsStage(Stage):
                                                ts=msg.wall_ts, tracks=tracks, t_decoded_ns=msg.t_decoded_ns,
                                                t_analysed_ns=t_analysed)))
         self.frames[msg.stream] = self.frames.get(msg.stream, 0) + 1
+        self.stage_ms.setdefault(msg.stream, deque(maxlen=1000)).append((
+            (msg.t_batched_ns - msg.t_decoded_ns) / 1e6, (msg.t_inferred_ns - msg.t_batched_ns) / 1e6,
+            (t_analysed - msg.t_inferred_ns) / 1e6,
+        ))
 
     def _send(self, payload: bytes) -> None:
         while True:

@@ -104,6 +104,7 @@ class StreamCounters(msgspec.Struct, omit_defaults=True):
     crossings: int | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    stage_p99_ms: dict[str, float] | None = None  # queue (decoded->batched), infer, analyse
     events_written: int | None = None
     drained: bool | None = None
 

@@ -97,7 +97,7 @@ def run_stage(spec: StageSpec) -> None:
     _prctl(_PR_SET_NAME, f"streamd-{spec.name}"[:15].encode())
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # never outlive the supervisor
     faulthandler.enable()
-    configure_logging(spec.log_level, stage=spec.name)
+    configure_logging(spec.log_level, stage=spec.name, pid=os.getpid())
     stop = threading.Event()
     # Ctrl-C reaches the whole process group; only the supervisor reacts, then stops stages in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

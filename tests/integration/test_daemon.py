@@ -241,3 +241,34 @@ def test_kill_9_of_the_supervisor_leaves_no_orphans(media: Path, tmp_path: Path,
     assert not alive, f"stage processes outlived the supervisor: {alive}"
     removed = remove_orphaned_rings()  # what the next daemon start does
     assert any(f"-{daemon.proc.pid}-" in name for name in removed)
+
+
+def test_a_silent_stage_is_killed_and_restarted(media: Path, tmp_path: Path, daemon_factory) -> None:
+    streams = [{"name": "highway", "url": str(media / "videos/Traffic.mp4"), "pipeline": "traffic",
+                "realtime": True, "loop": True}]
+    cfg = write_config(tmp_path / "streamd.yaml", traffic_config(
+        media, tmp_path, streams=streams, supervisor={"stats_interval_s": 1, "heartbeat_timeout_s": 3}))
+    daemon = daemon_factory(cfg)
+    daemon.wait_for("source_state", state="streaming", timeout=60)
+    pid = next(e["pid"] for e in daemon.find("stage_started", stage="decode-highway"))
+    os.kill(pid, signal.SIGSTOP)  # alive but stuck, like a hung FFmpeg call
+    stalled = daemon.wait_for("stage_stalled", stage="decode-highway", timeout=15)
+    assert stalled["silent_s"] >= 3
+    deadline = time.monotonic() + 10
+    while (replacement := daemon.find("stage_started", stage="decode-highway")[-1]["pid"]) == pid:
+        assert time.monotonic() < deadline, "the stalled decoder was not replaced"
+        time.sleep(0.2)
+    daemon.wait_for("source_state", state="streaming", pid=replacement, timeout=30)
+    assert daemon.stop() == 0
+
+
+def test_crash_loop_stops_restarting_and_exits_non_zero(media: Path, tmp_path: Path, daemon_factory) -> None:
+    config = traffic_config(media, tmp_path, supervisor={
+        "restart": {"initial_s": 0.1, "max_s": 0.2}, "crash_loop_restarts": 3, "crash_loop_window_s": 60})
+    config["sinks"] = [{"type": "jsonl", "path": "/proc/streamd-cannot-write-here/events.jsonl"}]
+    daemon = daemon_factory(write_config(tmp_path / "streamd.yaml", config))
+    assert daemon.wait(120) == 1
+    loop = daemon.find("stage_crash_loop", stage="sinks")
+    assert loop and loop[-1]["crashes"] == 3
+    assert len(daemon.find("stage_started", stage="sinks")) == 3  # the first start and two restarts
+    assert daemon.find("daemon_failed", stage="sinks")

@@ -64,6 +64,7 @@ class RtspServer:
         self.url = f"rtsp://127.0.0.1:{port}{MOUNT}"
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 20.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "server already running"
@@ -83,7 +84,8 @@ class RtspServer:
                     ready.set()
             # keep draining until EOF so the server never blocks on a full pipe
 
-        threading.Thread(target=read_stdout, daemon=True).start()
+        self._reader = threading.Thread(target=read_stdout, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if ready.is_set() and _port_accepts(self.port):
@@ -106,6 +108,9 @@ class RtspServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)  # the server exited: its stdout reaches EOF
+            self._reader = None
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
