@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 
 # scheme://user:password@host  -> scheme://user:***@host ; also scheme://token@host -> ***@
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*)(?::(?P<pw>[^@/\s]*))?@")
+# The userinfo ends at the LAST '@' before the host (FFmpeg splits there too), so '@' or '/' in a
+# password cannot leak part of it.
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*)(?::(?P<pw>\S*?))?@(?=[^@\s]*(?:[/?#\s]|$))"
+)
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|key|secret|auth)=)[^&\s]*")
 
 

@@ -140,6 +140,14 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
             docs[name] = doc
             pipelines[name] = doc.data
         data["pipelines"] = pipelines
+    seen_names: dict[str, int] = {}
+    for i, stream in enumerate(data.get("streams") or []):
+        name = stream.get("name") if isinstance(stream, dict) else None
+        if isinstance(name, str):
+            if name in seen_names:
+                problems.append(f"{main.line_of(('streams', i, 'name'))}: streams[{i}].name: stream name '{name}' "
+                                f"is already used by streams[{seen_names[name]}]; stream names must be unique")
+            seen_names.setdefault(name, i)
     for stream in data.get("streams") or []:
         if isinstance(stream, dict) and isinstance(stream.get("url"), str) and source_kind(stream["url"]) == "file":
             stream["url"] = _resolve(stream["url"], path.parent)

@@ -48,12 +48,11 @@ def finish(cands: Candidates, params: PostprocessParams, transform: Transform, w
         return Candidates.empty()
     xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
     if params.class_agnostic:
-        idx = cv2.dnn.NMSBoxes(xywh.tolist(), conf.tolist(), params.confidence, params.iou, top_k=params.max_detections)
+        idx = cv2.dnn.NMSBoxes(xywh.tolist(), conf.tolist(), params.confidence, params.iou)
     else:
-        idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), conf.tolist(), cls.tolist(), params.confidence, params.iou,
-                                      top_k=params.max_detections)
+        idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), conf.tolist(), cls.tolist(), params.confidence, params.iou)
     idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-    idx = idx[np.argsort(-conf[idx], kind="stable")][: params.max_detections]
+    idx = idx[np.argsort(-conf[idx], kind="stable")][: params.max_detections]  # cap after NMS, not before
     return Candidates(
         transform.to_source(xyxy[idx].astype(np.float32), width, height),
         conf[idx].astype(np.float32),

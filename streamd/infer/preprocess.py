@@ -35,8 +35,8 @@ class Transform:
         out = np.empty_like(xyxy)
         out[:, [0, 2]] = (xyxy[:, [0, 2]] - self.pad_x) / self.scale_x
         out[:, [1, 3]] = (xyxy[:, [1, 3]] - self.pad_y) / self.scale_y
-        np.clip(out[:, [0, 2]], 0, width, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, height, out=out[:, [1, 3]])
+        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
+        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
         return out
 
 

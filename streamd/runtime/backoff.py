@@ -16,7 +16,8 @@ class Backoff:
     def next_delay(self) -> float:
         """Delay before the next attempt; grows by ``multiplier`` per call up to ``max_s``, +-jitter."""
         c = self._config
-        base = min(c.max_s, c.initial_s * c.multiplier**self.attempt)
+        # grows only until the cap, so a camera retried for months never overflows
+        base = min(c.max_s, c.initial_s * c.multiplier ** min(self.attempt, 64))
         self.attempt += 1
         return max(0.0, base * (1 + self._rng.uniform(-c.jitter, c.jitter)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -275,14 +276,9 @@ def test_duplicate_stream_names_are_rejected(tmp_path: Path) -> None:
         """)
     problem = only_problem(cfg)
     assert re.match(rf"^{re.escape(str(cfg))}:\d+: ", problem), problem
-    assert "stream names must be unique; repeated: cam" in problem
+    assert "stream name 'cam' is already used by streams[0]; stream names must be unique" in problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="duplicate stream names are found by a model-level validator, so the error points at the top of "
-    "the document with '(top level)' instead of the repeated entry's line and `streams[1].name`",
-)
 def test_duplicate_stream_name_points_at_the_repeated_entry(tmp_path: Path) -> None:
     cfg = write(tmp_path / "streamd.yaml", """\
         streams:
@@ -506,3 +502,28 @@ def test_password_never_appears_in_errors(tmp_path: Path, stream_block: str) -> 
     text = str(info.value) + repr(info.value) + "\n".join(info.value.problems)
     assert str(cfg) in text  # it is a real, located error ...
     assert "hunter2" not in text  # ... that keeps the secret out
+
+
+def test_pipeline_file_in_a_pipelines_folder_beside_the_config_folder(tmp_path: Path) -> None:
+    cfg_path = write(tmp_path / "configs" / "streamd.yaml", MAIN_USING_FILE)
+    write(tmp_path / "pipelines" / "traffic.yaml", "model: m.onnx\n")
+    assert load_config(cfg_path, env={}).config.pipelines["traffic"].model == str(tmp_path / "pipelines" / "m.onnx")
+
+
+@pytest.mark.parametrize(
+    ("env", "media", "out"),
+    [
+        ({"STREAMD_MEDIA": "/m", "STREAMD_OUT": "/o"}, "/m", "/o"),
+        ({}, None, None),  # defaults: relative to streamd/data/
+    ],
+)
+def test_shipped_default_config_loads(env: dict, media: str | None, out: str | None) -> None:
+    default = Path(__file__).resolve().parents[2] / "streamd" / "data" / "default.yaml"
+    cfg = load_config(default, env=env).config
+    media = media or os.path.normpath(default.parent / "../../../shared/media")
+    out = out or os.path.normpath(default.parent / "out")
+    assert cfg.streams[0].url == f"{media}/videos/Traffic.mp4"
+    assert cfg.pipelines["traffic"].model == f"{media}/models/yolox-nano/yolox_nano.onnx"
+    assert cfg.pipelines["traffic"].labels == f"{media}/models/coco.names"
+    assert cfg.sinks[0].path == f"{out}/events.jsonl"
+    assert cfg.pipelines["traffic"].lines[0].points == ((0, 380), (960, 380))

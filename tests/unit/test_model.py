@@ -328,11 +328,6 @@ def test_real_yolox_nano_detects_cars_on_traffic(media: Path) -> None:
         assert 4 < x2 - x1 < 500 and 4 < y2 - y1 < 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Transform.to_source does not clip (np.clip writes into a fancy-index copy): on frame 30 YOLOX's "
-    "large 'train' box maps to x2 = 966 > 960",
-)
 def test_real_yolox_all_boxes_are_clipped_to_the_frame(media: Path) -> None:
     model = load_model(str(media / "models" / "yolox-nano" / "yolox_nano.onnx"),
                        labels=str(media / "models" / "coco.names"))

@@ -42,11 +42,6 @@ def test_cxcywh_to_xyxy() -> None:
         (PostprocessParams(max_detections=1), [0.9]),
         pytest.param(
             PostprocessParams(max_detections=2), [0.9, 0.7],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="max_detections is passed to cv2.dnn.NMSBoxes(Batched) as top_k, which limits the "
-                "candidates BEFORE suppression: the 2 best are a duplicate pair, so only 1 box survives",
-            ),
             id="max_detections-caps-after-nms",
         ),
         (PostprocessParams(class_ids=frozenset({1, 2})), [0.7, 0.5]),

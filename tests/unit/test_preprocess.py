@@ -110,11 +110,6 @@ def test_to_source_known_boxes() -> None:
     assert out.dtype == np.float32
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Transform.to_source clips with np.clip(out[:, [0, 2]], ..., out=out[:, [0, 2]]): fancy indexing "
-    "makes a copy, so the clipped values are thrown away and boxes leave the frame",
-)
 @pytest.mark.parametrize(
     ("box", "expected"),
     [

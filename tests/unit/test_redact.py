@@ -50,11 +50,6 @@ def test_redact_is_idempotent_and_hides_the_secret(text: str) -> None:
     assert redact(once) == once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the userinfo pattern stops the password at the first '@' or '/', so part of a password that "
-    "contains a literal '@' (which FFmpeg accepts: it splits at the last '@' before the path) or '/' leaks",
-)
 @pytest.mark.parametrize("url", ["rtsp://admin:p@ss@10.0.0.1/s", "rtsp://admin:pa/ss@10.0.0.1/s"])
 def test_password_with_reserved_characters_is_fully_hidden(url: str) -> None:
     out = redact(url)
