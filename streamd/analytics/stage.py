@@ -41,6 +41,7 @@ class AnalyticsStage(Stage):
             p99 = np.percentile(window, 99, axis=0)
             out[stream] = StreamCounters(
                 frames_analysed=frames, crossings=self.crossings.get(stream, 0),
+                line_counts=self.streams[stream].line_counts(),
                 stage_p99_ms={"queue": round(float(p99[0]), 2), "infer": round(float(p99[1]), 2),
                               "analyse": round(float(p99[2]), 2)},
             )

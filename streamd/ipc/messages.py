@@ -105,6 +105,7 @@ class StreamCounters(msgspec.Struct, omit_defaults=True):
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     stage_p99_ms: dict[str, float] | None = None  # queue (decoded->batched), infer, analyse
+    line_counts: dict[str, int] | None = None  # "line/class/direction" -> crossings since start
     events_written: int | None = None
     drained: bool | None = None
 

@@ -1,0 +1,79 @@
+"""Static INT8 (QDQ) quantization with ONNX Runtime, calibrated on dataset images, head kept in float."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from tqdm import tqdm
+
+from streamd.infer.preprocess import PreprocessSpec, letterbox_into, to_tensor
+
+
+class ImageReader(CalibrationDataReader):
+    """Feeds calibration images pre-processed exactly as the daemon does for this adapter."""
+
+    def __init__(self, images: list[Path], input_name: str, hw: tuple[int, int], spec: PreprocessSpec):
+        self._images = images
+        self._input_name = input_name
+        self._hw = hw
+        self._spec = spec
+        self._bar = tqdm(total=len(images), desc="calibrating", unit="img")
+        self._iter = iter(images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        path = next(self._iter, None)
+        if path is None:
+            self._bar.close()
+            return None
+        image = cv2.imread(str(path))
+        if image is None:
+            raise ValueError(f"calibration image {path} cannot be read")
+        pixels = np.zeros((1, *self._hw, 3), np.uint8)
+        letterbox_into(image, pixels[0], self._spec)
+        tensor = np.zeros((1, 3, *self._hw), np.float32)
+        self._bar.update(1)
+        return {self._input_name: to_tensor(pixels, self._spec, tensor)}
+
+
+def head_nodes(model: onnx.ModelProto, head_prefixes: tuple[str, ...]) -> list[str]:
+    return [n.name for n in model.graph.node if n.name.startswith(head_prefixes)]
+
+
+def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, int], spec: PreprocessSpec,
+                  count: int = 200, seed: int = 0, head_prefixes: tuple[str, ...] = ("/model.22/",)) -> Path:
+    images = sorted(p for p in calibration_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not images:
+        raise ValueError(f"no calibration images (.jpg/.png) in {calibration_dir}")
+    random.Random(seed).shuffle(images)
+    prepared = out.with_name(out.stem + ".prep.onnx")
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    model = onnx.load(str(prepared))
+    excluded = head_nodes(model, head_prefixes)
+    if not excluded:
+        raise ValueError(f"no node names start with {head_prefixes}: cannot keep the detection head in float")
+    reader = ImageReader(images[:count], model.graph.input[0].name, hw, spec)
+    quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+    prepared.unlink(missing_ok=True)
+    # quantize_static drops custom metadata: carry it over from the float model
+    source_meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    quantized = onnx.load(str(out))
+    set_metadata(quantized, {**source_meta, "streamd_precision": "int8-qdq"})
+    onnx.save(quantized, str(out))
+    return out
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
