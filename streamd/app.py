@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -59,7 +60,8 @@ def resolve_pipeline(name: str, pipeline: PipelineConfig) -> ResolvedPipeline:
 
 
 class Daemon:
-    def __init__(self, loaded: LoadedConfig, runtime_root: Path | None = None):
+    def __init__(self, loaded: LoadedConfig, runtime_root: Path | None = None,
+                 on_tick: Callable[[dict[str, dict[str, Any]]], None] | None = None):
         self.loaded = loaded
         self.config: DaemonConfig = loaded.config
         self.runtime_dir = (runtime_root or Path(tempfile.gettempdir())) / f"streamd-{os.getpid()}"
@@ -69,6 +71,8 @@ class Daemon:
         self._stop_requested = False
         self._ctx: zmq.Context | None = None
         self.supervisor: Supervisor | None = None
+        self.on_tick = on_tick  # called with the merged per-stream counters a few times a second
+        self.final_counters: dict[str, dict[str, Any]] = {}
 
     def request_stop(self, *_: Any) -> None:
         self._stop_requested = True
@@ -149,7 +153,8 @@ class Daemon:
         finally:
             if self.supervisor is not None:
                 self.supervisor.stop_all()  # ordered drain; stages send a last heartbeat as they exit
-                self._log_summary(self.supervisor.stream_counters())
+                self.final_counters = self.supervisor.stream_counters()
+                self._log_summary(self.final_counters)
             self._cleanup()
         if self.failed_streams and code == 0:
             code = 1
@@ -175,6 +180,8 @@ class Daemon:
                 log.error("daemon_failed", stage=failed_stage, reason="a stage every stream needs is in a crash loop")
                 return 1
             counters = sup.stream_counters()
+            if self.on_tick is not None:
+                self.on_tick(counters)
             for stream in list(finite - done):
                 handle = sup.stages.get(f"decode-{stream}")
                 c = counters.get(stream, {})

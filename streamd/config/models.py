@@ -132,6 +132,10 @@ class InferenceConfig(Strict):
     )
     intra_op_threads: int = Field(0, ge=0, le=256, description="ORT intra-op threads; 0 = ORT default.")
     inter_op_threads: int = Field(1, ge=0, le=256)
+    spin: bool = Field(
+        False, description="Let ORT worker threads busy-wait between runs: lower latency on an idle machine, "
+        "but it steals CPU from decoders and tracking when cores are shared.",
+    )
     max_batch: int = Field(4, ge=1, le=64, description="Send a batch once this many streams have a frame.")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="Or once the first frame of a batch waited this long.")
 

@@ -19,7 +19,7 @@ DEFAULT_INPUT = (640, 640)
 
 
 def create_session(path: str, providers: list[str], intra_op_threads: int = 0,
-                   inter_op_threads: int = 1) -> ort.InferenceSession:
+                   inter_op_threads: int = 1, spin: bool = False) -> ort.InferenceSession:
     if not Path(path).is_file():
         raise ModelError(f"model file {path} does not exist; check the pipeline's `model:` path")
     available = ort.get_available_providers()
@@ -33,6 +33,9 @@ def create_session(path: str, providers: list[str], intra_op_threads: int = 0,
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
     options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(path, sess_options=options, providers=chosen)
     except Exception as exc:  # ORT raises its own exception types per failure kind
@@ -159,8 +162,8 @@ class LoadedModel:
 
 def load_model(path: str, adapter: str = "auto", input_size: tuple[int, int] | None = None,
                labels: str | None = None, providers: list[str] | None = None, intra_op_threads: int = 0,
-               inter_op_threads: int = 1) -> LoadedModel:
-    session = create_session(path, providers or ["CPUExecutionProvider"], intra_op_threads, inter_op_threads)
+               inter_op_threads: int = 1, spin: bool = False) -> LoadedModel:
+    session = create_session(path, providers or ["CPUExecutionProvider"], intra_op_threads, inter_op_threads, spin)
     info = model_info(session, path)
     hw = input_hw(info, input_size)
     adapter_class = select_adapter(info, adapter, hw)

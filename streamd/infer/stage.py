@@ -39,7 +39,7 @@ class InferenceStage(Stage):
         p = self.spec.params
         cfg = p["inference"]
         self.model = load_model(p["model"], p["adapter"], p["input_size"], p["labels"], cfg.providers,
-                                cfg.intra_op_threads, cfg.inter_op_threads)
+                                cfg.intra_op_threads, cfg.inter_op_threads, cfg.spin)
         self.model.warm_up()
         self.postprocess: dict[str, PostprocessParams] = p["postprocess"]
         self.batcher = Batcher(cfg.max_batch, cfg.max_wait_ms / 1000.0)

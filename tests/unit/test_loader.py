@@ -511,19 +511,27 @@ def test_pipeline_file_in_a_pipelines_folder_beside_the_config_folder(tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("env", "media", "out"),
+    ("env", "media"),
     [
-        ({"STREAMD_MEDIA": "/m", "STREAMD_OUT": "/o"}, "/m", "/o"),
-        ({}, None, None),  # defaults: relative to streamd/data/
+        ({"STREAMD_MEDIA": "/m"}, "/m"),
+        ({}, None),  # default: ../../shared/media relative to configs/
     ],
 )
-def test_shipped_default_config_loads(env: dict, media: str | None, out: str | None) -> None:
-    default = Path(__file__).resolve().parents[2] / "streamd" / "data" / "default.yaml"
-    cfg = load_config(default, env=env).config
-    media = media or os.path.normpath(default.parent / "../../../shared/media")
-    out = out or os.path.normpath(default.parent / "out")
+def test_shipped_traffic_config_loads(env: dict, media: str | None) -> None:
+    path = Path(__file__).resolve().parents[2] / "configs" / "traffic.yaml"
+    cfg = load_config(path, env=env).config
+    media = media or os.path.normpath(path.parent / "../../shared/media")
     assert cfg.streams[0].url == f"{media}/videos/Traffic.mp4"
     assert cfg.pipelines["traffic"].model == f"{media}/models/yolox-nano/yolox_nano.onnx"
     assert cfg.pipelines["traffic"].labels == f"{media}/models/coco.names"
-    assert cfg.sinks[0].path == f"{out}/events.jsonl"
+    assert cfg.sinks[0].path == os.path.normpath(path.parent / "../out/events.jsonl")
     assert cfg.pipelines["traffic"].lines[0].points == ((0, 380), (960, 380))
+
+
+def test_shipped_demo_config_needs_its_video_and_takes_it_from_the_environment() -> None:
+    path = Path(__file__).resolve().parents[2] / "streamd" / "data" / "demo.yaml"
+    with pytest.raises(ConfigError, match="STREAMD_DEMO_VIDEO is not set"):
+        load_config(path, env={})
+    cfg = load_config(path, env={"STREAMD_DEMO_VIDEO": "/v.mp4", "STREAMD_DEMO_REALTIME": "false"}).config
+    assert cfg.streams[0].url == "/v.mp4" and cfg.streams[0].realtime is False
+    assert cfg.pipelines["conveyor"].model == os.path.normpath(path.parent / "../models/conveyor.onnx")
