@@ -1,0 +1,43 @@
+"""The built-in demo: exact per-class counts on held-out conveyor videos, fp32 and int8, fast and real time."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streamd.demo import package_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.mark.parametrize("realtime", [False, True], ids=["fast", "realtime"])
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_demo_counts_equal_ground_truth(seed: int, int8: bool, realtime: bool, demo_cache: Path,
+                                        tmp_path: Path) -> None:
+    model = package_file("models", "conveyor.int8.onnx" if int8 else "conveyor.onnx")
+    assert model.is_file(), f"bundled model {model} is missing"
+    args = [sys.executable, "-m", "streamd", "run", "--demo-seed", str(seed)]
+    args += ["--int8"] if int8 else []
+    args += [] if realtime else ["--fast"]
+    env = {**os.environ, "STREAMD_CACHE": str(demo_cache), "STREAMD_OUT": str(tmp_path)}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    result = re.search(r"counted/expected: (.*) -> (exact|MISMATCH)", proc.stdout)
+    assert result, f"no summary line; stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert result.group(2) == "exact", f"seed {seed}: {result.group(1)}"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pairs = re.findall(r"(\w+) (\d+)/(\d+)", result.group(1))
+    assert {name for name, _, _ in pairs} == {"box", "bottle", "can"}
+    assert sum(int(n) for _, n, _ in pairs) >= 10, "a demo scene should carry a real number of products"
+    events = (tmp_path / "conveyor-events.jsonl").read_text().splitlines()
+    assert len(events) == sum(int(n) for _, n, _ in pairs)
