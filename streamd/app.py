@@ -17,6 +17,7 @@ import zmq
 
 from streamd.config.loader import LoadedConfig
 from streamd.config.models import DaemonConfig, PipelineConfig, StreamConfig
+from streamd.analytics.store import CountStore
 from streamd.errors import ModelError
 from streamd.infer.classnames import class_index
 from streamd.infer.model import load_model
@@ -59,6 +60,17 @@ def resolve_pipeline(name: str, pipeline: PipelineConfig) -> ResolvedPipeline:
     return ResolvedPipeline(config=pipeline, class_names=names, postprocess=params, model_key=key)
 
 
+def source_key(stream: StreamConfig) -> str:
+    """Identity of what a stream reads: a checkpoint only applies to the same, unchanged file."""
+    if stream.kind == "file":
+        try:
+            st = os.stat(stream.url)
+            return f"{stream.url}|{st.st_size}|{st.st_mtime_ns}"
+        except OSError:
+            return stream.url
+    return redact(stream.url)
+
+
 class Daemon:
     def __init__(self, loaded: LoadedConfig, runtime_root: Path | None = None,
                  on_tick: Callable[[dict[str, dict[str, Any]]], None] | None = None):
@@ -73,6 +85,7 @@ class Daemon:
         self.supervisor: Supervisor | None = None
         self.on_tick = on_tick  # called with the merged per-stream counters a few times a second
         self.final_counters: dict[str, dict[str, Any]] = {}
+        self.resume: dict[str, int] = {}  # finite stream -> first frame to process (after a crash)
 
     def request_stop(self, *_: Any) -> None:
         self._stop_requested = True
@@ -104,9 +117,20 @@ class Daemon:
         level = self.config.log_level
         sup.add(StageSpec("sinks", "streamd.sinks.stage:SinksStage", self.endpoints, level,
                           {"sinks": list(self.config.sinks)}), critical=True)
+        sources = {s.name: source_key(s) for s in self.config.active_streams}
+        store = CountStore(self.config.counts.path)
+        self.resume = {s.name: store.resume_frame(s.name, sources[s.name]) for s in self.config.active_streams
+                       if s.is_finite}
+        store.close()
+        resumed = {name: frame for name, frame in self.resume.items() if frame}
+        if resumed:
+            log.warning("resuming_files", frames=resumed, store=self.config.counts.path,
+                        reason="an earlier run stopped part-way; counts so far are in the store")
         sup.add(StageSpec("analytics", "streamd.analytics.stage:AnalyticsStage", self.endpoints, level,
                           {"pipelines": {n: p.config for n, p in pipelines.items()},
-                           "class_names": {n: p.class_names for n, p in pipelines.items()}}), critical=True)
+                           "class_names": {n: p.class_names for n, p in pipelines.items()},
+                           "store": self.config.counts.path, "sources": sources,
+                           "run_id": f"{int(time.time() * 1000):x}"}), critical=True)
         by_model: dict[str, list[str]] = {}
         for name, pipe in pipelines.items():
             by_model.setdefault(pipe.model_key, []).append(name)
@@ -135,7 +159,8 @@ class Daemon:
         self.supervisor.add(
             StageSpec(f"decode-{stream.name}", "streamd.decode.stage:DecoderStage", self.endpoints,
                       self.config.log_level, {"stream": stream, "ring": name,
-                                              "inference_endpoint": self.endpoints.inference(pipeline.model_key)}),
+                                              "inference_endpoint": self.endpoints.inference(pipeline.model_key),
+                                              "start_frame": self.resume.get(stream.name, 0)}),
             critical=False, startup_timeout_s=60.0,
         )
         log.info("stream_added", stream=stream.name, url=redact(stream.url), pipeline=stream.pipeline,

@@ -49,6 +49,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return Daemon(loaded).run()
 
 
+def _cmd_counts(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime, timezone
+
+    from streamd.analytics.store import CountStore, ShiftSchedule, hour_window
+    from streamd.config import load_config
+
+    try:
+        counts_cfg = load_config(args.config).config.counts
+        store = CountStore(counts_cfg.path, readonly=True)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    now = datetime.now(timezone.utc)
+    schedule = ShiftSchedule.parse(counts_cfg.shifts, counts_cfg.timezone)
+    if args.window == "shift":
+        start, end = schedule.window(now)
+    elif args.window == "hour":
+        start, end = hour_window(now, schedule.timezone)
+    else:
+        start = end = None
+    rows = store.counts(args.stream, since=start.timestamp() if start else None,
+                        until=end.timestamp() if end else None)
+    store.close()
+    window = f"{start.isoformat()} .. {end.isoformat()}" if start and end else "all time"
+    if args.json:
+        print(json.dumps({"window": args.window, "from": start.isoformat() if start else None,
+                          "to": end.isoformat() if end else None,
+                          "counts": [{"stream": s, "line": ln, "class": c, "direction": d, "count": n}
+                                     for (s, ln, c, d), n in rows.items()]}))
+        return 0
+    print(f"counts ({args.window}: {window}) from {counts_cfg.path}")
+    if not rows:
+        print("  no crossings recorded")
+    for (stream, line, cls, direction), n in rows.items():
+        print(f"  {stream:<16} {line:<12} {cls:<14} {direction:<4} {n:>8}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamd", description="Real-time video analytics daemon.")
     parser.add_argument("--version", action="version", version=f"streamd {__version__}")
@@ -61,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--int8", action="store_true", help="use the INT8 model")
     demo.add_argument("--fast", action="store_true", help="every frame as fast as possible instead of real time")
     run.set_defaults(func=_cmd_run)
+    counts = sub.add_parser("counts", help="print durable line counts from the store (daemon running or not)")
+    counts.add_argument("config", help="the daemon config (gives the store path, time zone and shifts)")
+    counts.add_argument("--stream", help="only this stream")
+    counts.add_argument("--window", choices=["total", "hour", "shift"], default="total")
+    counts.add_argument("--json", action="store_true", help="machine-readable output")
+    counts.set_defaults(func=_cmd_counts)
     validate = sub.add_parser("validate", help="check a config file (exit 0 valid, 1 invalid)")
     validate.add_argument("config")
     validate.set_defaults(func=_cmd_validate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -89,15 +90,17 @@ def run_demo(seed: int = 1, int8: bool = False, realtime: bool = True, out: Text
               file=sys.stderr)
         return 1
     video, truth = ensure_scene(seed)
+    state = tempfile.TemporaryDirectory(prefix="streamd-demo-")
     env = {**os.environ, "STREAMD_DEMO_VIDEO": str(video), "STREAMD_DEMO_MODEL": str(model),
-           "STREAMD_DEMO_REALTIME": "true" if realtime else "false"}
+           "STREAMD_DEMO_REALTIME": "true" if realtime else "false", "STREAMD_DEMO_STATE": state.name}
     loaded = load_config(package_file("data", "demo.yaml"), env=env)
     configure_logging(loaded.config.log_level, stage="supervisor")
     display = CountDisplay(expected={name: truth.counts[name] for name in CLASSES}, out=out)
     print(f"streamd demo: {video} ({'real time' if realtime else 'every frame, full speed'}), model {model.name}",
           file=out)
     daemon = Daemon(loaded, on_tick=display.update)
-    code = daemon.run()
+    with state:
+        code = daemon.run()
     counted = display.counts(daemon.final_counters)
     exact = counted == display.expected
     summary = ", ".join(f"{name} {counted[name]}/{display.expected[name]}" for name in display.expected)

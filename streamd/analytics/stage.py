@@ -9,16 +9,18 @@ from typing import Any
 import numpy as np
 import zmq
 
+from streamd.analytics.store import CountStore, CrossingRow
 from streamd.analytics.stream import StreamAnalytics
 from streamd.config.models import PipelineConfig
 from streamd.ipc import sockets
-from streamd.ipc.messages import (Detections, LineCrossing, StreamCounters, StreamEnd, Track, TrackedFrame, encoder,
+from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, StreamCounters, StreamEnd, Track, TrackedFrame, encoder,
                                   pipeline_decoder)
 from streamd.runtime.stage import EXIT_OK, Stage
 
 
 class AnalyticsStage(Stage):
-    """params: pipelines ({name: PipelineConfig}), class_names ({pipeline name: [names]})."""
+    """params: pipelines ({name: PipelineConfig}), class_names ({pipeline name: [names]}), store (path),
+    sources ({stream: source key}), run_id."""
 
     def __init__(self, *args: Any):
         super().__init__(*args)
@@ -27,6 +29,9 @@ class AnalyticsStage(Stage):
         self.inbox = sockets.pull(self.ctx, self.spec.endpoints.analytics, hwm=1000)
         self.outbox = sockets.push(self.ctx, self.spec.endpoints.sinks, hwm=10_000)
         self.streams: dict[str, StreamAnalytics] = {}
+        self.store = CountStore(self.spec.params["store"])
+        self.sources: dict[str, str] = self.spec.params["sources"]
+        self.run_id: str = self.spec.params["run_id"]
         self.frames: dict[str, int] = {}
         self.crossings: dict[str, int] = {}
         self.last_seq: dict[str, int] = {}
@@ -41,7 +46,8 @@ class AnalyticsStage(Stage):
             p99 = np.percentile(window, 99, axis=0)
             out[stream] = StreamCounters(
                 frames_analysed=frames, crossings=self.crossings.get(stream, 0),
-                line_counts=self.streams[stream].line_counts(),
+                line_counts={f"{line}/{cls}/{direction}": n
+                             for (_, line, cls, direction), n in self.store.counts(stream).items()},
                 stage_p99_ms={"queue": round(float(p99[0]), 2), "infer": round(float(p99[1]), 2),
                               "analyse": round(float(p99[2]), 2)},
             )
@@ -54,10 +60,14 @@ class AnalyticsStage(Stage):
                 if isinstance(msg, Detections):
                     self._on_detections(msg)
                 elif isinstance(msg, StreamEnd):
+                    self.store.finish(msg.stream)
                     self._send(encoder.encode(msg))
             elif self.stop.is_set():
                 return EXIT_OK  # upstream stopped first, so an empty inbox means everything was handled
             self.beat()
+
+    def close(self) -> None:
+        self.store.close()
 
     def _analytics(self, stream: str, pipeline: str) -> StreamAnalytics:
         analytics = self.streams.get(stream)
@@ -77,15 +87,26 @@ class AnalyticsStage(Stage):
         result = analytics.update(xyxy, np.frombuffer(msg.confidence, "<f4"),
                                   np.frombuffer(msg.class_id, "<i4").astype(np.int64), msg.pts_s)
         t_analysed = time.monotonic_ns()
-        for line_name, crossing in result.crossings:
-            event = LineCrossing(
-                id=f"{msg.stream}/{line_name}/{msg.frame_index}/{crossing.track_id}/{crossing.direction}",
+        events = [
+            LineCrossing(
+                id=f"{msg.stream}/{self.run_id}/{line_name}/{msg.frame_index}/{crossing.track_id}/{crossing.direction}",
                 stream=msg.stream, line=line_name, direction=crossing.direction, track_id=crossing.track_id,
                 class_id=crossing.class_id, class_name=analytics.class_name(crossing.class_id),
                 frame=msg.frame_index, pts_s=msg.pts_s, ts=msg.wall_ts, t_decoded_ns=msg.t_decoded_ns,
                 t_analysed_ns=t_analysed,
             )
+            for line_name, crossing in result.crossings
+        ]
+        # Durable first: crossings and the frame checkpoint commit together, then they are published.
+        self.store.record([CrossingRow(e.id, e.stream, e.line, e.class_name, e.direction, e.ts, e.frame) for e in events],
+                          msg.stream, self.sources.get(msg.stream, ""), msg.frame_index)
+        if events:
+            totals = self.store.counts(msg.stream)
+        for event in events:
             self._send(encoder.encode(event))
+            total = totals.get((event.stream, event.line, event.class_name, event.direction), 0)
+            self._send(encoder.encode(CountUpdate(stream=event.stream, line=event.line, class_name=event.class_name,
+                                                  direction=event.direction, total=total, ts=event.ts)))
             self.crossings[msg.stream] = self.crossings.get(msg.stream, 0) + 1
         tracked = result.tracked
         tracks = [

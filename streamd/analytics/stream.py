@@ -71,9 +71,5 @@ class StreamAnalytics:
         self._last_pts = t
         return t
 
-    def line_counts(self) -> dict[str, int]:
-        return {f"{line.name}/{self.class_name(cid)}/{direction}": n
-                for line in self.lines for (cid, direction), n in sorted(line.counts.items())}
-
     def class_name(self, class_id: int) -> str:
         return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else f"class_{class_id}"

@@ -151,6 +151,11 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
     for stream in data.get("streams") or []:
         if isinstance(stream, dict) and isinstance(stream.get("url"), str) and source_kind(stream["url"]) == "file":
             stream["url"] = _resolve(stream["url"], path.parent)
+    counts = data.get("counts")
+    if isinstance(counts, dict) and isinstance(counts.get("path"), str):
+        counts["path"] = _resolve(counts["path"], path.parent)
+    elif counts is None and isinstance(data, dict):
+        data["counts"] = {"path": _resolve("state/counts.db", path.parent)}
     for sink in data.get("sinks") or []:
         if isinstance(sink, dict) and sink.get("type") == "jsonl" and isinstance(sink.get("path"), str):
             sink["path"] = _resolve(sink["path"], path.parent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -171,12 +172,32 @@ class SupervisorConfig(Strict):
     stop_timeout_s: float = Field(10.0, gt=0, le=120, description="Kill a stage that has not stopped after this long.")
 
 
+class CountsConfig(Strict):
+    path: str = Field("state/counts.db", description="SQLite file of durable counts (relative: to the config file).")
+    timezone: str = Field("UTC", description="IANA time zone of hour and shift windows, e.g. Europe/Berlin.")
+    shifts: list[str] = Field(
+        default_factory=lambda: ["06:00", "14:00", "22:00"], min_length=1,
+        description="Local start times of shifts; a shift runs until the next start.",
+    )
+
+    @field_validator("shifts")
+    @classmethod
+    def _times(cls, shifts: list[str]) -> list[str]:
+        for value in shifts:
+            try:
+                time.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"shift start {value!r} is not a time like 06:00") from None
+        return shifts
+
+
 class DaemonConfig(Strict):
     streams: list[StreamConfig] = Field(min_length=1)
     pipelines: dict[Name, PipelineConfig] = Field(default_factory=dict)
     sinks: list[SinkConfig] = Field(default_factory=list)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    counts: CountsConfig = Field(default_factory=CountsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

@@ -66,8 +66,10 @@ class DecoderStage(Stage):
         max_attempts = self.stream.retry.max_attempts or (None if self.stream.is_live else FILE_DEFAULT_ATTEMPTS)
         failures = 0
         # After a restart mid-file, number frames on from the ring and skip those already written.
-        frame_index = self._last_written_frame_index() + 1
+        frame_index = max(self._last_written_frame_index() + 1, int(self.spec.params.get("start_frame", 0)))
         skip = frame_index if self.stream.is_finite else 0
+        if skip:
+            self.log.info("source_resume", frame=frame_index)
         pts_offset = 0.0
         while not self.stop.is_set():
             self._set_state(SourceState.CONNECTING)

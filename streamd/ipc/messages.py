@@ -90,6 +90,17 @@ class LineCrossing(msgspec.Struct, frozen=True, tag="line_crossing"):
     t_analysed_ns: int
 
 
+class CountUpdate(msgspec.Struct, frozen=True, tag="count_update"):
+    """analytics -> sinks: the new all-time total of one (stream, line, class, direction) after a crossing."""
+
+    stream: str
+    line: str
+    class_name: str
+    direction: str
+    total: int
+    ts: float
+
+
 class StreamCounters(msgspec.Struct, omit_defaults=True):
     """Per-stream numbers a stage reports in its heartbeat; each stage fills the fields it owns."""
 
@@ -121,7 +132,7 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
     infer_ms_p50: float = 0.0
 
 
-PipelineMessage = Union[FrameReady, StreamEnd, Detections, TrackedFrame, LineCrossing]
+PipelineMessage = Union[FrameReady, StreamEnd, Detections, TrackedFrame, LineCrossing, CountUpdate]
 
 encoder = msgspec.msgpack.Encoder()
 pipeline_decoder = msgspec.msgpack.Decoder(PipelineMessage)

@@ -59,6 +59,9 @@ class Stage(ABC):
     def counters(self) -> dict[str, StreamCounters]:
         return {}
 
+    def close(self) -> None:
+        """Release what the stage holds (files, databases); called after its last heartbeat."""
+
     def heartbeat_extra(self) -> dict[str, Any]:
         return {}
 
@@ -112,6 +115,7 @@ def run_stage(spec: StageSpec) -> None:
         stage.beat(force=True)  # "ready": the supervisor starts upstream stages only after this
         code = stage.run()
         stage.beat(force=True)  # final numbers for the supervisor's summary
+        stage.close()
     except Exception:
         log.exception("stage_crashed")
         code = 1

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from streamd.ipc.messages import LineCrossing, TrackedFrame
+from streamd.ipc.messages import CountUpdate, LineCrossing, TrackedFrame
 
-SinkMessage = LineCrossing | TrackedFrame
+SinkMessage = LineCrossing | TrackedFrame | CountUpdate
 
 
 class Sink(Protocol):

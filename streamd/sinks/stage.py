@@ -12,7 +12,7 @@ import zmq
 
 from streamd.config.models import JsonlSinkConfig, ZmqSinkConfig
 from streamd.ipc import sockets
-from streamd.ipc.messages import LineCrossing, StreamCounters, StreamEnd, TrackedFrame, pipeline_decoder
+from streamd.ipc.messages import CountUpdate, LineCrossing, StreamCounters, StreamEnd, TrackedFrame, pipeline_decoder
 from streamd.runtime.stage import EXIT_OK, Stage
 from streamd.sinks.base import Sink
 from streamd.sinks.jsonl import JsonlSink
@@ -81,7 +81,7 @@ class SinksStage(Stage):
             self._drained.add(msg.stream)
             self.beat(force=True)
             return
-        if not isinstance(msg, (LineCrossing, TrackedFrame)):
+        if not isinstance(msg, (LineCrossing, TrackedFrame, CountUpdate)):
             return
         self._drained.discard(msg.stream)
         payload = self._json.encode(msg)
@@ -89,6 +89,6 @@ class SinksStage(Stage):
             sink.write(msg, payload)
         if isinstance(msg, LineCrossing):
             self._events[msg.stream] = self._events.get(msg.stream, 0) + 1
-        else:
+        elif isinstance(msg, TrackedFrame):
             window = self._latency_ms.setdefault(msg.stream, deque(maxlen=LATENCY_WINDOW))
             window.append((time.monotonic_ns() - msg.t_decoded_ns) / 1e6)

@@ -9,7 +9,7 @@ from streamd.ipc import sockets
 from streamd.ipc.messages import TrackedFrame
 from streamd.sinks.base import SinkMessage
 
-TOPIC_OF = {"LineCrossing": "line_crossing", "TrackedFrame": "tracks"}
+TOPIC_OF = {"LineCrossing": "line_crossing", "TrackedFrame": "tracks", "CountUpdate": "count_update"}
 
 
 class ZmqPubSink:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -39,5 +40,11 @@ def test_demo_counts_equal_ground_truth(seed: int, int8: bool, realtime: bool, d
     pairs = re.findall(r"(\w+) (\d+)/(\d+)", result.group(1))
     assert {name for name, _, _ in pairs} == {"box", "bottle", "can"}
     assert sum(int(n) for _, n, _ in pairs) >= 10, "a demo scene should carry a real number of products"
-    events = (tmp_path / "conveyor-events.jsonl").read_text().splitlines()
-    assert len(events) == sum(int(n) for _, n, _ in pairs)
+    records = [json.loads(line) for line in (tmp_path / "conveyor-events.jsonl").read_text().splitlines()]
+    crossings = [r for r in records if r["type"] == "line_crossing"]
+    assert len(crossings) == sum(int(n) for _, n, _ in pairs)
+    updates = [r for r in records if r["type"] == "count_update"]
+    final = {}
+    for update in updates:
+        final[update["class_name"]] = update["total"]
+    assert final == {name: int(n) for name, n, _ in pairs if int(n)}

@@ -532,6 +532,8 @@ def test_shipped_demo_config_needs_its_video_and_takes_it_from_the_environment()
     path = Path(__file__).resolve().parents[2] / "streamd" / "data" / "demo.yaml"
     with pytest.raises(ConfigError, match="STREAMD_DEMO_VIDEO is not set"):
         load_config(path, env={})
-    cfg = load_config(path, env={"STREAMD_DEMO_VIDEO": "/v.mp4", "STREAMD_DEMO_REALTIME": "false"}).config
+    cfg = load_config(path, env={"STREAMD_DEMO_VIDEO": "/v.mp4", "STREAMD_DEMO_REALTIME": "false",
+                                 "STREAMD_DEMO_STATE": "/s"}).config
+    assert cfg.counts.path == "/s/counts.db"
     assert cfg.streams[0].url == "/v.mp4" and cfg.streams[0].realtime is False
     assert cfg.pipelines["conveyor"].model == os.path.normpath(path.parent / "../models/conveyor.onnx")

@@ -1,0 +1,141 @@
+"""Durable counts: every crossing is a row with a stable id in SQLite (WAL), plus per-stream checkpoints.
+
+The analytics stage records crossings here before it publishes them, in one transaction per frame
+together with the stream's checkpoint (last frame analysed). Counts are computed from the rows, so a
+restart resumes them exactly; ``INSERT OR IGNORE`` on the event id means a replayed frame never
+counts twice. Readers (``streamd counts``) open the same file while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS crossings (
+    id TEXT PRIMARY KEY,
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL,
+    class_name TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    ts REAL NOT NULL,
+    frame INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS crossings_by_stream_ts ON crossings (stream, ts);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    stream TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True)
+class CrossingRow:
+    id: str
+    stream: str
+    line: str
+    class_name: str
+    direction: str
+    ts: float
+    frame: int
+
+
+class CountStore:
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"count store {self.path} does not exist (has the daemon run yet?)")
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
+            self._db.executescript(_SCHEMA)
+
+    def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int) -> int:
+        """Store crossings of one frame and the stream's checkpoint atomically; returns rows newly added."""
+        with self._db:
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO crossings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame) for r in rows],
+            )
+            added = self._db.total_changes - before
+            self._db.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, 0) ON CONFLICT(stream) DO UPDATE SET "
+                "frame=excluded.frame, source=excluded.source, finished=0",
+                (stream, source, frame),
+            )
+        return added
+
+    def finish(self, stream: str) -> None:
+        """The stream's finite source was processed to its end: the next run starts it afresh."""
+        with self._db:
+            self._db.execute("UPDATE checkpoints SET finished=1 WHERE stream=?", (stream,))
+
+    def resume_frame(self, stream: str, source: str) -> int:
+        """First frame to process for ``stream``: after its checkpoint if an earlier run of the same
+        source stopped part-way, else 0."""
+        row = self._db.execute("SELECT source, frame, finished FROM checkpoints WHERE stream=?", (stream,)).fetchone()
+        if row is None or row[0] != source or row[2]:
+            return 0
+        return int(row[1]) + 1
+
+    def counts(self, stream: str | None = None, since: float | None = None,
+               until: float | None = None) -> dict[tuple[str, str, str, str], int]:
+        """(stream, line, class, direction) -> crossings in [since, until)."""
+        query = "SELECT stream, line, class_name, direction, COUNT(*) FROM crossings WHERE 1=1"
+        args: list[object] = []
+        if stream is not None:
+            query += " AND stream=?"
+            args.append(stream)
+        if since is not None:
+            query += " AND ts>=?"
+            args.append(since)
+        if until is not None:
+            query += " AND ts<?"
+            args.append(until)
+        query += " GROUP BY stream, line, class_name, direction ORDER BY stream, line, class_name, direction"
+        return {(s, ln, c, d): n for s, ln, c, d, n in self._db.execute(query, args)}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class ShiftSchedule:
+    """Shift start times in local time, e.g. ["06:00", "14:00", "22:00"]; a shift runs until the next one."""
+
+    starts: tuple[time, ...]
+    timezone: ZoneInfo
+
+    @staticmethod
+    def parse(starts: list[str], timezone: str) -> ShiftSchedule:
+        parsed = tuple(sorted(time.fromisoformat(s) for s in starts))
+        if not parsed:
+            raise ValueError("a shift schedule needs at least one start time")
+        return ShiftSchedule(parsed, ZoneInfo(timezone))
+
+    def window(self, at: datetime) -> tuple[datetime, datetime]:
+        """[start, end) of the shift that contains ``at`` (an aware datetime)."""
+        local = at.astimezone(self.timezone)
+        candidates = []
+        for day in (local.date() - timedelta(days=1), local.date(), local.date() + timedelta(days=1)):
+            candidates.extend(datetime.combine(day, t, self.timezone) for t in self.starts)
+        candidates.sort()
+        start = max(c for c in candidates if c <= local)
+        end = min(c for c in candidates if c > local)
+        return start, end
+
+
+def hour_window(at: datetime, timezone: ZoneInfo) -> tuple[datetime, datetime]:
+    local = at.astimezone(timezone).replace(minute=0, second=0, microsecond=0)
+    return local, local + timedelta(hours=1)
