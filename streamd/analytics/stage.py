@@ -32,6 +32,8 @@ class AnalyticsStage(Stage):
         self.store = CountStore(self.spec.params["store"])
         self.sources: dict[str, str] = self.spec.params["sources"]
         self.run_id: str = self.spec.params["run_id"]
+        # all-time totals, read once and then kept current: the store is not re-aggregated per frame
+        self.totals: dict[tuple[str, str, str, str], int] = dict(self.store.counts())
         self.frames: dict[str, int] = {}
         self.crossings: dict[str, int] = {}
         self.last_seq: dict[str, int] = {}
@@ -47,7 +49,7 @@ class AnalyticsStage(Stage):
             out[stream] = StreamCounters(
                 frames_analysed=frames, crossings=self.crossings.get(stream, 0),
                 line_counts={f"{line}/{cls}/{direction}": n
-                             for (_, line, cls, direction), n in self.store.counts(stream).items()},
+                             for (s, line, cls, direction), n in self.totals.items() if s == stream},
                 stage_p99_ms={"queue": round(float(p99[0]), 2), "infer": round(float(p99[1]), 2),
                               "analyse": round(float(p99[2]), 2)},
             )
@@ -98,15 +100,17 @@ class AnalyticsStage(Stage):
             for line_name, crossing in result.crossings
         ]
         # Durable first: crossings and the frame checkpoint commit together, then they are published.
-        self.store.record([CrossingRow(e.id, e.stream, e.line, e.class_name, e.direction, e.ts, e.frame) for e in events],
-                          msg.stream, self.sources.get(msg.stream, ""), msg.frame_index)
-        if events:
-            totals = self.store.counts(msg.stream)
+        added = {r.id for r in self.store.record(
+            [CrossingRow(e.id, e.stream, e.line, e.class_name, e.direction, e.ts, e.frame) for e in events],
+            msg.stream, self.sources.get(msg.stream, ""), msg.frame_index)}
         for event in events:
+            if event.id not in added:
+                continue  # already recorded by an earlier process: published then
+            key = (event.stream, event.line, event.class_name, event.direction)
+            self.totals[key] = self.totals.get(key, 0) + 1
             self._send(encoder.encode(event))
-            total = totals.get((event.stream, event.line, event.class_name, event.direction), 0)
             self._send(encoder.encode(CountUpdate(stream=event.stream, line=event.line, class_name=event.class_name,
-                                                  direction=event.direction, total=total, ts=event.ts)))
+                                                  direction=event.direction, total=self.totals[key], ts=event.ts)))
             self.crossings[msg.stream] = self.crossings.get(msg.stream, 0) + 1
         tracked = result.tracked
         tracks = [

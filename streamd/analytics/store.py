@@ -60,15 +60,16 @@ class CountStore:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
             self._db.executescript(_SCHEMA)
 
-    def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int) -> int:
-        """Store crossings of one frame and the stream's checkpoint atomically; returns rows newly added."""
+    def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int) -> list[CrossingRow]:
+        """Store crossings of one frame and the stream's checkpoint atomically; returns the rows newly added
+        (a replayed id is ignored)."""
+        added = []
         with self._db:
-            before = self._db.total_changes
-            self._db.executemany(
-                "INSERT OR IGNORE INTO crossings VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame) for r in rows],
-            )
-            added = self._db.total_changes - before
+            for r in rows:
+                cursor = self._db.execute("INSERT OR IGNORE INTO crossings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                          (r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame))
+                if cursor.rowcount:
+                    added.append(r)
             self._db.execute(
                 "INSERT INTO checkpoints VALUES (?, ?, ?, 0) ON CONFLICT(stream) DO UPDATE SET "
                 "frame=excluded.frame, source=excluded.source, finished=0",
