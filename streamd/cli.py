@@ -59,10 +59,7 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     try:
         counts_cfg = load_config(args.config).config.counts
         store = CountStore(counts_cfg.path, readonly=True)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except FileNotFoundError as exc:
+    except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     now = datetime.now(timezone.utc)
