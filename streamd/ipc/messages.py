@@ -90,8 +90,33 @@ class LineCrossing(msgspec.Struct, frozen=True, tag="line_crossing"):
     t_analysed_ns: int
 
 
+class ZoneEvent(msgspec.Struct, frozen=True, tag="zone_event"):
+    """analytics -> sinks: a track entered or left a zone. ``id`` is stable for the same event; an exit's id
+    is its visit's enter id plus ``/exit``. ``lost`` marks an exit because the track was not seen any more
+    (``ts``/``frame`` are then of its last sighting). ``occupancy`` is the zone's class -> tracks inside
+    after the event."""
+
+    id: str
+    stream: str
+    zone: str
+    event: str  # "enter" | "exit"
+    track_id: int
+    class_id: int
+    class_name: str
+    frame: int
+    pts_s: float
+    ts: float
+    dwell_s: float | None  # exits only
+    lost: bool
+    occupancy: dict[str, int]
+    t_decoded_ns: int
+    t_analysed_ns: int
+
+
 class CountUpdate(msgspec.Struct, frozen=True, tag="count_update"):
-    """analytics -> sinks: the new all-time total of one (stream, line, class, direction) after a crossing."""
+    """analytics -> sinks: the new all-time total of one (stream, line or zone, class, direction) after an
+    event. For lines ``direction`` is ``in`` or ``out``; for zones (``kind`` = ``zone``) it is ``enter``
+    and ``total`` counts visits."""
 
     stream: str
     line: str
@@ -99,6 +124,7 @@ class CountUpdate(msgspec.Struct, frozen=True, tag="count_update"):
     direction: str
     total: int
     ts: float
+    kind: str = "line"
 
 
 class StreamCounters(msgspec.Struct, omit_defaults=True):
@@ -116,9 +142,24 @@ class StreamCounters(msgspec.Struct, omit_defaults=True):
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     stage_p99_ms: dict[str, float] | None = None  # queue (decoded->batched), infer, analyse
-    line_counts: dict[str, int] | None = None  # "line/class/direction" -> crossings since start
+    line_counts: dict[str, int] | None = None  # "line/class/direction" -> all-time crossings (zones: zone/class/enter)
+    zone_occupancy: dict[str, int] | None = None  # "zone/class" -> tracks inside now
     events_written: int | None = None
     drained: bool | None = None
+
+
+class OutboxCounters(msgspec.Struct, omit_defaults=True):
+    """Numbers of one network sink's durable outbox (sinks stage), keyed by sink name in the heartbeat."""
+
+    depth: int = 0  # events waiting for delivery (on disk)
+    bytes: int = 0  # their payload bytes
+    delivered: int = 0  # acknowledged by the target since the stage started
+    retries: int = 0  # failed delivery rounds (each followed by a backoff delay)
+    dropped_full: int = 0  # new events refused because the outbox was full
+    rejected: int = 0  # events the target refused for good (e.g. HTTP 400/422), removed
+    oldest_age_s: float = 0.0  # age of the oldest waiting event
+    target_up: bool | None = None  # last delivery round succeeded
+    last_error: str | None = None
 
 
 class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
@@ -130,9 +171,10 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
     batches: int = 0
     mean_batch_size: float = 0.0
     infer_ms_p50: float = 0.0
+    outboxes: dict[str, OutboxCounters] = msgspec.field(default_factory=dict)  # sinks stage: sink name -> outbox
 
 
-PipelineMessage = Union[FrameReady, StreamEnd, Detections, TrackedFrame, LineCrossing, CountUpdate]
+PipelineMessage = Union[FrameReady, StreamEnd, Detections, TrackedFrame, LineCrossing, ZoneEvent, CountUpdate]
 
 encoder = msgspec.msgpack.Encoder()
 pipeline_decoder = msgspec.msgpack.Decoder(PipelineMessage)

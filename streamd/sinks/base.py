@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from streamd.ipc.messages import CountUpdate, LineCrossing, TrackedFrame
+from streamd.ipc.messages import CountUpdate, LineCrossing, TrackedFrame, ZoneEvent
 
-SinkMessage = LineCrossing | TrackedFrame | CountUpdate
+SinkMessage = LineCrossing | ZoneEvent | TrackedFrame | CountUpdate
+SINK_MESSAGE_TYPES = (LineCrossing, ZoneEvent, TrackedFrame, CountUpdate)
+EVENT_TYPES = (LineCrossing, ZoneEvent)  # events with a stable id
 
 
 class Sink(Protocol):

@@ -12,9 +12,9 @@ import zmq
 
 from streamd.config.models import JsonlSinkConfig, ZmqSinkConfig
 from streamd.ipc import sockets
-from streamd.ipc.messages import CountUpdate, LineCrossing, StreamCounters, StreamEnd, TrackedFrame, pipeline_decoder
+from streamd.ipc.messages import StreamCounters, StreamEnd, TrackedFrame, pipeline_decoder
 from streamd.runtime.stage import EXIT_OK, Stage
-from streamd.sinks.base import Sink
+from streamd.sinks.base import EVENT_TYPES, SINK_MESSAGE_TYPES, Sink
 from streamd.sinks.jsonl import JsonlSink
 from streamd.sinks.zmq_pub import ZmqPubSink
 
@@ -81,13 +81,13 @@ class SinksStage(Stage):
             self._drained.add(msg.stream)
             self.beat(force=True)
             return
-        if not isinstance(msg, (LineCrossing, TrackedFrame, CountUpdate)):
+        if not isinstance(msg, SINK_MESSAGE_TYPES):
             return
         self._drained.discard(msg.stream)
         payload = self._json.encode(msg)
         for sink in self.sinks:
             sink.write(msg, payload)
-        if isinstance(msg, LineCrossing):
+        if isinstance(msg, EVENT_TYPES):
             self._events[msg.stream] = self._events.get(msg.stream, 0) + 1
         elif isinstance(msg, TrackedFrame):
             window = self._latency_ms.setdefault(msg.stream, deque(maxlen=LATENCY_WINDOW))

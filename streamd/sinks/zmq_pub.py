@@ -9,7 +9,8 @@ from streamd.ipc import sockets
 from streamd.ipc.messages import TrackedFrame
 from streamd.sinks.base import SinkMessage
 
-TOPIC_OF = {"LineCrossing": "line_crossing", "TrackedFrame": "tracks", "CountUpdate": "count_update"}
+TOPIC_OF = {"LineCrossing": "line_crossing", "ZoneEvent": "zone_event", "TrackedFrame": "tracks",
+            "CountUpdate": "count_update"}
 
 
 class ZmqPubSink:
