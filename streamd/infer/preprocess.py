@@ -1,9 +1,14 @@
-"""Letterbox pre-processing into a reusable batch buffer, and mapping boxes back to the source."""
+"""Letterbox / plain-resize pre-processing into a reusable batch buffer, and mapping boxes back to the source.
+
+Every model family wants its pixels differently (letterbox or stretch, pad position, channel order,
+scaling, mean/std); a ``PreprocessSpec`` says which, adapters carry the family's defaults and a
+pipeline may override single fields (``with_overrides``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -20,6 +25,19 @@ class PreprocessSpec:
     pad_value: int = 114
     rgb: bool = True  # channel order the model expects (frames arrive as BGR)
     scale: float = 1.0 / 255.0  # multiplied into the pixel values
+    mean: tuple[float, float, float] | None = None  # subtracted after scaling, in the model's channel order
+    std: tuple[float, float, float] | None = None  # divided by after the mean
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> PreprocessSpec:
+        """This spec with the fields a pipeline set (None values mean "keep the adapter's default")."""
+        if not overrides:
+            return self
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown preprocessing fields {unknown}; known: {sorted(known)}")
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
+        return replace(self, **values)
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,11 @@ def letterbox_into(image: np.ndarray, dst: np.ndarray, spec: PreprocessSpec) -> 
 
 
 def to_tensor(batch: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> np.ndarray:
-    """uint8 NHWC -> float32 NCHW scaled, written into ``out`` (preallocated)."""
+    """uint8 NHWC -> NCHW scaled (then mean/std normalised), written into ``out`` (preallocated, float32 or
+    float16: the dtype of ``out`` decides, so FP16 models get their input without another copy)."""
     np.multiply(batch.transpose(0, 3, 1, 2), np.float32(spec.scale), out=out, casting="unsafe")
+    if spec.mean is not None:
+        out -= np.asarray(spec.mean, out.dtype).reshape(1, 3, 1, 1)
+    if spec.std is not None:
+        out /= np.asarray(spec.std, out.dtype).reshape(1, 3, 1, 1)
     return out

@@ -181,15 +181,16 @@ def test_output_that_fits_no_adapter_lists_the_adapters(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
         load_model(str(path))
     message = str(info.value)
-    assert str(path) in message and "no adapter reads outputs [None, 10]" in message
-    assert "ultralytics, yolox" in message and "`adapter:`" in message
+    assert str(path) in message and "no adapter reads outputs output0 [None, 10]" in message
+    assert "ultralytics, ultralytics_e2e, rtdetr, yolox, fastestdet, rfdetr, torchvision" in message
+    assert "`adapter:`" in message
 
 
 def test_output_that_fits_several_adapters_asks_for_one(tmp_path: Path) -> None:
     # YOLOX rows for a 64x64 input (84) with names metadata: both layouts are plausible
     path = constant_model(tmp_path / "both.onnx", np.zeros((84, 85), np.float32),
                           metadata={"names": str({i: f"c{i}" for i in range(80)})})
-    with pytest.raises(ModelError, match=r"fit several adapters \(ultralytics, yolox\)"):
+    with pytest.raises(ModelError, match=r"fit several adapters: ultralytics \(.*\); yolox \(.*\); set `adapter:`"):
         load_model(str(path))
     model = load_model(str(path), adapter="yolox")  # the explicit choice wins
     assert isinstance(model.adapter, YoloxAdapter) and model.adapter.num_classes == 80
@@ -272,7 +273,9 @@ def test_unreadable_names_metadata(tmp_path: Path) -> None:
 
 
 def test_adapter_registry() -> None:
-    assert ADAPTERS == {"ultralytics": UltralyticsAdapter, "yolox": YoloxAdapter}
+    assert list(ADAPTERS) == ["ultralytics", "ultralytics_e2e", "rtdetr", "yolox", "fastestdet", "rfdetr",
+                              "torchvision"]
+    assert ADAPTERS["ultralytics"] is UltralyticsAdapter and ADAPTERS["yolox"] is YoloxAdapter
     assert YoloxAdapter.preprocess.pad_position == "top_left" and not YoloxAdapter.preprocess.rgb
     assert YoloxAdapter.preprocess.scale == 1.0
     assert UltralyticsAdapter.preprocess.pad_position == "center" and UltralyticsAdapter.preprocess.rgb
