@@ -5,7 +5,6 @@ Shared by frame extraction (drop near-identical consecutive frames) and `tools.d
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -37,20 +36,33 @@ def perceptual_hash(image_bgr: np.ndarray, method: str = "phash") -> imagehash.I
     return _hash_function(method)(Image.fromarray(np.ascontiguousarray(image_bgr[..., ::-1])))
 
 
+def hash_bits(value: imagehash.ImageHash) -> int:
+    """A 64-bit hash as one unsigned integer (for vectorised Hamming distances)."""
+    bits = np.asarray(value.hash, dtype=bool).reshape(-1)
+    if bits.size != 64:
+        raise ValueError(f"expected a 64-bit hash, got {bits.size} bits; use hash size 8")
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
 class NearDuplicateFilter:
     """Remembers the hashes of the last ``window`` kept images; an image within ``threshold`` bits
     (Hamming distance) of any of them is a near-duplicate.
 
     The window bounds memory and time on long videos; for a dataset, pass a window as large as it.
+    Distances are computed for the whole window at once (numpy popcount), so 100k images stay fast.
     """
 
     def __init__(self, threshold: int, method: str = "phash", window: int = 1000):
         if threshold < 0:
             raise ValueError("near-duplicate threshold must be >= 0 bits")
+        if window < 1:
+            raise ValueError("near-duplicate window must be >= 1")
         self.threshold = threshold
         self.method = method
         self._hash = _hash_function(method)
-        self._kept: deque[tuple[imagehash.ImageHash, str]] = deque(maxlen=window)
+        self._values = np.zeros(window, np.uint64)
+        self._names: list[str] = [""] * window
+        self._count = 0  # total remembered; the ring holds the last `window`
 
     def hash(self, image_bgr: np.ndarray) -> imagehash.ImageHash:
         from PIL import Image
@@ -59,12 +71,17 @@ class NearDuplicateFilter:
 
     def match(self, value: imagehash.ImageHash) -> tuple[str, int] | None:
         """The (name, distance) of the closest remembered image within the threshold, else None."""
-        best: tuple[str, int] | None = None
-        for kept, name in self._kept:
-            distance = int(value - kept)
-            if distance <= self.threshold and (best is None or distance < best[1]):
-                best = (name, distance)
-        return best
+        n = min(self._count, len(self._values))
+        if n == 0:
+            return None
+        distances = np.bitwise_count(self._values[:n] ^ np.uint64(hash_bits(value)))
+        best = int(distances.argmin())
+        if int(distances[best]) > self.threshold:
+            return None
+        return self._names[best], int(distances[best])
 
     def remember(self, value: imagehash.ImageHash, name: str) -> None:
-        self._kept.append((value, name))
+        slot = self._count % len(self._values)
+        self._values[slot] = np.uint64(hash_bits(value))
+        self._names[slot] = name
+        self._count += 1
