@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,47}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '_' or '-', at most 48 characters.")]
@@ -145,6 +145,13 @@ class JsonlSinkConfig(Strict):
     type: Literal["jsonl"]
     path: str = Field(description="File that receives one JSON event per line (appended).")
     include_tracks: bool = Field(False, description="Also write one `tracks` record per analysed frame.")
+    max_bytes: int | None = Field(
+        None, ge=1024, le=1 << 40,
+        description="Rotate the file before it would grow past this size (whole lines only); none = never rotate.",
+    )
+    keep_files: int = Field(
+        5, ge=1, le=1000, description="Rotated files kept as <path>.1 (newest) ... <path>.N; older ones are deleted.",
+    )
 
 
 class ZmqSinkConfig(Strict):
@@ -160,7 +167,78 @@ class ZmqSinkConfig(Strict):
         return value
 
 
-SinkConfig = Annotated[JsonlSinkConfig | ZmqSinkConfig, Field(discriminator="type")]
+class OutboxConfig(Strict):
+    """Durable on-disk queue in front of a network sink: events survive an outage of the target and a restart."""
+
+    path: str | None = Field(
+        None, description="SQLite file of this sink's outbox; default: outbox-<sink name>.db in the state directory "
+        "($STATE_DIRECTORY under systemd, else ./state).",
+    )
+    max_rows: int = Field(100_000, ge=1, le=100_000_000, description="Most events held; new events beyond it are dropped (counted, logged).")
+    max_bytes: int = Field(256 << 20, ge=1 << 16, le=1 << 40, description="Most payload bytes held; beyond it new events are dropped.")
+    batch: int = Field(100, ge=1, le=10_000, description="Events sent per delivery round (MQTT: in flight at once).")
+    retry: BackoffConfig = Field(
+        default_factory=lambda: BackoffConfig(initial_s=0.5, max_s=10.0),
+        description="Delay between delivery attempts while the target is down.",
+    )
+    shutdown_grace_s: float = Field(
+        3.0, ge=0, le=60, description="On stop, keep delivering queued events this long; the rest wait for the next start.",
+    )
+
+
+def _no_wildcards(value: str) -> str:
+    if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+        raise ValueError("topic prefix must be non-empty, without + # or a leading/trailing '/', e.g. streamd or site1/streamd")
+    return value
+
+
+class MqttSinkConfig(Strict):
+    type: Literal["mqtt"]
+    name: Name = Field("mqtt", description="Names this sink's outbox and MQTT client id; unique among sinks.")
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
+    client_id: str | None = Field(
+        None, max_length=128, description="MQTT client id; default streamd-<host name>-<sink name> (stable across restarts).",
+    )
+    username: str | None = Field(None, description="Broker user; ${ENV} substitution works here.")
+    password: SecretStr | None = Field(None, description="Broker password, e.g. ${MQTT_PASSWORD}; never logged.")
+    tls: bool = Field(False, description="Connect with TLS (system CA store unless ca_file is set).")
+    ca_file: str | None = Field(None, description="PEM bundle that signs the broker's certificate.")
+    topic_prefix: str = Field("streamd", max_length=200, description="First topic levels of everything published.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive; the broker publishes the last will after 1.5x this.")
+    ack_timeout_s: float = Field(10.0, gt=0, le=300, description="Wait this long for PUBACKs of a batch before backing off.")
+    include_counts: bool = Field(True, description="Publish count_update totals, retained, per line/class/direction.")
+    include_tracks: bool = Field(False, description="Also publish one `tracks` message per analysed frame (through the outbox).")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+
+    _prefix = field_validator("topic_prefix")(_no_wildcards)
+
+
+class WebhookSinkConfig(Strict):
+    type: Literal["webhook"]
+    name: Name = Field("webhook", description="Names this sink's outbox; unique among sinks.")
+    url: str = Field(description="Endpoint that receives one HTTP POST with a JSON body per event.")
+    secret: SecretStr | None = Field(
+        None, description="Sign each body with HMAC-SHA256: header X-Streamd-Signature: sha256=<hex>; never logged.",
+    )
+    bearer_token: SecretStr | None = Field(None, description="Send Authorization: Bearer <token>; never logged.")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="Connect and read timeout of one request.")
+    verify_tls: bool = Field(True, description="Check the endpoint's TLS certificate (https only).")
+    include_counts: bool = Field(True, description="Also POST count_update totals.")
+    include_tracks: bool = Field(False, description="Also POST one `tracks` record per analysed frame (through the outbox).")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://, e.g. https://example.com/streamd/events")
+        return value
+
+
+SinkConfig = Annotated[
+    JsonlSinkConfig | ZmqSinkConfig | MqttSinkConfig | WebhookSinkConfig, Field(discriminator="type")
+]
 
 
 class SupervisorConfig(Strict):

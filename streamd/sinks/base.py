@@ -9,6 +9,24 @@ SINK_MESSAGE_TYPES = (LineCrossing, ZoneEvent, TrackedFrame, CountUpdate)
 EVENT_TYPES = (LineCrossing, ZoneEvent)  # events with a stable id
 
 
+def type_of(message: SinkMessage) -> str:
+    """The ``type`` field of the message's JSON form: line_crossing, zone_event, tracks, count_update."""
+    return str(type(message).__struct_config__.tag)
+
+
+def event_id(message: SinkMessage) -> str:
+    """A stable id for dedupe downstream: the event's own id, or one derived from what the message states.
+
+    A count_update's id names the total it reports (``<stream>/count/<line>/<class>/<direction>/<total>``):
+    the same total is the same fact, so a re-sent update dedupes like an event.
+    """
+    if isinstance(message, EVENT_TYPES):
+        return message.id
+    if isinstance(message, CountUpdate):
+        return f"{message.stream}/count/{message.line}/{message.class_name}/{message.direction}/{message.total}"
+    return f"{message.stream}/tracks/{message.frame}/{message.t_decoded_ns}"
+
+
 class Sink(Protocol):
     def write(self, message: SinkMessage, payload_json: bytes) -> None:
         """Accept one message; ``payload_json`` is its documented JSON form (encoded once for all sinks)."""

@@ -1,37 +1,79 @@
-"""Sinks process: fans events out to every configured sink, measures end-to-end latency, reports drains."""
+"""Sinks process: fans events out to every configured sink, measures end-to-end latency, reports drains.
+
+"Drained" (reported per stream after its StreamEnd) means every event of the stream was handed to every
+sink durably: written to the JSONL file, published on ZeroMQ, or committed to the on-disk outbox of an
+MQTT/webhook sink. It does not wait for the broker or endpoint: a finite file may finish while a target
+is down; the daemon then keeps delivering for ``outbox.shutdown_grace_s`` on exit, and whatever is still
+queued is sent first on the next start (see docs/events.md, "Outbox").
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 import zmq
 
-from streamd.config.models import JsonlSinkConfig, ZmqSinkConfig
+from streamd.config.models import JsonlSinkConfig, MqttSinkConfig, WebhookSinkConfig, ZmqSinkConfig
 from streamd.ipc import sockets
-from streamd.ipc.messages import StreamCounters, StreamEnd, TrackedFrame, pipeline_decoder
+from streamd.ipc.messages import OutboxCounters, StreamCounters, StreamEnd, TrackedFrame, pipeline_decoder
 from streamd.runtime.stage import EXIT_OK, Stage
 from streamd.sinks.base import EVENT_TYPES, SINK_MESSAGE_TYPES, Sink
 from streamd.sinks.jsonl import JsonlSink
+from streamd.sinks.mqtt import MqttSink
+from streamd.sinks.webhook import WebhookSink
 from streamd.sinks.zmq_pub import ZmqPubSink
 
 LATENCY_WINDOW = 1000  # frames per stream kept for the p50/p99 report
 
 
+def state_dir(params: dict[str, Any]) -> Path:
+    """Where outboxes live unless a sink names its own file: the daemon's state directory.
+
+    ``params["state_dir"]`` when the supervisor passes one, else systemd's $STATE_DIRECTORY (first entry),
+    else ./state (the daemon's working directory).
+    """
+    if params.get("state_dir"):
+        return Path(params["state_dir"])
+    systemd_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(systemd_dir) if systemd_dir else Path("state")
+
+
+def outbox_path(config: MqttSinkConfig | WebhookSinkConfig, params: dict[str, Any]) -> Path:
+    if config.outbox.path:
+        return Path(config.outbox.path)
+    return state_dir(params) / f"outbox-{config.name}.db"
+
+
 class SinksStage(Stage):
-    """params: sinks (list of sink configs)."""
+    """params: sinks (list of sink configs), state_dir (optional: folder of the outboxes)."""
 
     def __init__(self, *args: Any):
         super().__init__(*args)
         self.sinks: list[Sink] = []
-        for config in self.spec.params["sinks"]:
+        self.outboxes: dict[str, MqttSink | WebhookSink] = {}
+        configs = self.spec.params["sinks"]
+        paths = [str(outbox_path(c, self.spec.params).resolve()) for c in configs
+                 if isinstance(c, (MqttSinkConfig, WebhookSinkConfig))]
+        if len(set(paths)) < len(paths):
+            raise ValueError(f"two sinks share one outbox file ({sorted(p for p in paths if paths.count(p) > 1)[0]}); "
+                             "give each mqtt/webhook sink its own `name:` or `outbox.path:`")
+        for config in configs:
             if isinstance(config, JsonlSinkConfig):
                 self.sinks.append(JsonlSink(config))
             elif isinstance(config, ZmqSinkConfig):
                 self.sinks.append(ZmqPubSink(config, self.ctx))
+            elif isinstance(config, (MqttSinkConfig, WebhookSinkConfig)):
+                sink_class = MqttSink if isinstance(config, MqttSinkConfig) else WebhookSink
+                sink = sink_class(config, outbox_path(config, self.spec.params))  # type: ignore[arg-type]
+                self.sinks.append(sink)
+                self.outboxes[config.name] = sink
         self.inbox = sockets.pull(self.ctx, self.spec.endpoints.sinks, hwm=10_000)
         self._json = msgspec.json.Encoder()
         self._latency_ms: dict[str, deque[float]] = {}
@@ -52,6 +94,10 @@ class SinksStage(Stage):
             out[stream] = StreamCounters(drained=True, events_written=self._events.get(stream, 0))
         return out
 
+    def heartbeat_extra(self) -> dict[str, Any]:
+        outboxes: dict[str, OutboxCounters] = {name: sink.counters() for name, sink in self.outboxes.items()}
+        return {"outboxes": outboxes} if outboxes else {}
+
     def run(self) -> int:
         try:
             while True:
@@ -71,8 +117,20 @@ class SinksStage(Stage):
                     sink.flush()
                 self.beat()
         finally:
-            for sink in self.sinks:
+            self._close_sinks()
+
+    def _close_sinks(self) -> None:
+        """Close every sink; network sinks in parallel, as each may deliver for its shutdown grace time."""
+        closers = [threading.Thread(target=sink.close, name=f"close-{name}") for name, sink in self.outboxes.items()]
+        for thread in closers:
+            thread.start()
+        for sink in self.sinks:
+            if sink not in self.outboxes.values():
                 sink.close()
+        for thread in closers:
+            while thread.is_alive():
+                thread.join(0.5)
+                self.beat()
 
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, StreamEnd):
