@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "predictions.json").write_text(json.dumps(predictions))
     (args.out / "ground_truth.json").write_text(json.dumps(gt))
-    meta = {"model": str(args.model), "data": str(args.data), "split": args.split, "images": len(gt["images"]),
+    meta = {"model": str(args.model), "model_path": str(args.model.resolve()), "data": str(args.data), "split": args.split, "images": len(gt["images"]),
             "adapter": detector.model.adapter.name, "input_hw": list(detector.model.input_hw),
             "conf": args.conf, "eval_conf": args.eval_conf, "iou": args.iou, "agnostic": args.agnostic,
             "max_det": args.max_det, "class_map": args.class_map, "notes": notes, "date": time.strftime("%Y-%m-%d"),

@@ -1,0 +1,47 @@
+"""tools.bench_models on the bundled conveyor models (fp32 and int8), with tools.evaluate summaries."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tools.bench_models.__main__ import main as bench
+from tools.evaluate.__main__ import main as evaluate
+from tools.synth.dataset import write_dataset
+
+MODELS = REPO / "streamd" / "models"
+
+
+def test_benchmark_table_and_speed_vs_accuracy_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("matplotlib")
+    write_dataset(tmp_path / "data", {"val": [140]}, every=60)
+    fp32, int8 = MODELS / "conveyor.onnx", MODELS / "conveyor.int8.onnx"
+    for model, name in ((fp32, "fp32"), (int8, "int8")):
+        assert evaluate(["--model", str(model), "--data", str(tmp_path / "data" / "data.yaml"), "--split", "val",
+                         "--out", str(tmp_path / name), "--no-plots", "--threads", "1"]) == 0
+    out = tmp_path / "bench"
+    assert bench(["--model", str(fp32), "--model", str(int8), "--batch", "1", "2", "--threads", "1", "--runs", "5",
+                  "--warmup", "1", "--images", str(tmp_path / "data" / "images" / "val"),
+                  "--provider", "CPUExecutionProvider", "NoSuchExecutionProvider",
+                  "--eval", str(tmp_path / "fp32" / "summary.json"), "--eval", str(tmp_path / "int8" / "summary.json"),
+                  "--out", str(out)]) == 0
+    assert "NoSuchExecutionProvider is not available" in capsys.readouterr().err
+    with (out / "bench.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(Path(r["model"]).name, r["precision"], r["batch"]) for r in rows] == [
+        ("conveyor.onnx", "fp32", "1"), ("conveyor.onnx", "fp32", "2"),
+        ("conveyor.int8.onnx", "int8-qdq", "1"), ("conveyor.int8.onnx", "int8-qdq", "2")]
+    for r in rows:
+        assert 0 < float(r["model_median_ms"]) <= float(r["median_ms"]) <= float(r["p90_ms"]) <= float(r["p99_ms"])
+        assert float(r["images_per_s"]) > 0 and r["provider"] == "CPUExecutionProvider"
+    assert (out / "bench.md").read_text().count("| CPUExecutionProvider | 1 |") == 4
+    assert (out / "speed_vs_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_model_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench(["--model", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "o")]) == 1
+    assert "nope.onnx does not exist" in capsys.readouterr().err

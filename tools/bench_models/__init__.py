@@ -1,0 +1,1 @@
+"""Model speed benchmark through the daemon's inference code."""
