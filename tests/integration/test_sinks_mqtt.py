@@ -189,3 +189,26 @@ def test_broker_outage_loses_nothing_and_each_event_arrives_once_by_id(mosquitto
           f"retries={counters.retries} backlog_delivered_s_after_restart={lag:.2f}")
     assert counters.retries >= 1 and counters.delivered == len(expected)
     assert duplicates <= counters.retries * sink.config.outbox.batch  # at most one re-send per failed round
+
+
+def test_events_queued_while_the_broker_is_down_are_sent_by_the_next_process(mosquitto: MosquittoBroker,
+                                                                             tmp_path: Path) -> None:
+    """The sinks process stops (restart, reload, daemon exit) during an outage: the next one delivers."""
+    sub = Subscriber(mosquitto.port, "test/streamd/cam/events/#", client_id="sub-restart")
+    mosquitto.stop()
+    first = MqttSink(sink_config(mosquitto.port, tmp_path), tmp_path / "outbox.db")
+    events = [crossing(i) for i in range(5)]
+    for event in events:
+        first.write(event, payload(event))
+    first.flush()
+    wait_until(lambda: first.counters().retries >= 1, what="a failed round")
+    first.close()
+    assert first.counters().depth == 5 and first.counters().delivered == 0
+    mosquitto.start()
+    second = MqttSink(sink_config(mosquitto.port, tmp_path), tmp_path / "outbox.db")
+    assert second.counters().depth == 5
+    wait_until(lambda: second.counters().depth == 0, what="backlog sent by the second process")
+    wait_until(lambda: len(sub.snapshot()) >= 5, what="events at the subscriber")
+    second.close()
+    assert [json.loads(m.payload)["id"] for m in sub.snapshot()] == [e.id for e in events]
+    sub.close()
