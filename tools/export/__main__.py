@@ -1,63 +1,155 @@
-"""python -m tools.export: trained ultralytics weights -> ONNX the daemon configures itself from.
+"""python -m tools.export: trained weights (or an ONNX file) -> ONNX variants the daemon configures itself from.
 
   python -m tools.export --weights runs/conveyor-pico/weights/best.pt --imgsz 320 \\
       --out streamd/models/conveyor.onnx --int8 --calibration datasets/conveyor/images/val
+  python -m tools.export --onnx streamd/models/conveyor.onnx --out build/conveyor.onnx --fp16 --int8-dynamic \\
+      --int8 --calibration datasets/conveyor/images/val --val-data datasets/conveyor/data.yaml --val-split val
 
 Writes OUT (float32, dynamic batch) with class names, input size, stride and adapter in the ONNX
-metadata, and with --int8 also OUT with .int8.onnx: static INT8 QDQ calibrated on the given images,
-the detection head left in float.
+metadata (from --weights: ultralytics export + onnxslim; from --onnx: a copy). Variants beside it:
+  --fp16          OUT.fp16.onnx      float16 weights and activations, float32 inputs/outputs
+  --int8-dynamic  OUT.int8dyn.onnx   INT8 weights, activations quantised at run time
+  --int8          OUT.int8.onnx      static INT8 QDQ calibrated on --calibration images, the detection
+                                     head left in float (found automatically, or --keep-float PREFIX)
+With --val-data every variant is evaluated (tools.evaluate) and timed against FP32; a report goes to
+OUT.report.md/.json. A variant whose mAP@0.5 drops more than --max-map50-drop below FP32's is renamed
+*.rejected.onnx and the command exits 3: a broken variant is never shipped silently.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import onnx
 
 from tools.export.quantize import quantize_int8, set_metadata
-from tools.offline import prepare_offline_ultralytics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--imgsz", type=int, default=320)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--int8", action="store_true", help="also write a static INT8 QDQ model")
-    parser.add_argument("--calibration", type=Path, help="folder of calibration images (for --int8)")
-    parser.add_argument("--calibration-count", type=int, default=200)
-    args = parser.parse_args(argv)
-    if not args.weights.is_file():
-        print(f"error: --weights {args.weights} does not exist", file=sys.stderr)
-        return 1
-    if args.int8 and (args.calibration is None or not args.calibration.is_dir()):
-        print("error: --int8 needs --calibration FOLDER with images (e.g. datasets/NAME/images/val)", file=sys.stderr)
-        return 1
+def _stem(out: Path) -> str:
+    return out.name.removesuffix(".onnx")
+
+
+def export_weights(args: argparse.Namespace) -> None:
+    from tools.offline import prepare_offline_ultralytics
+
     prepare_offline_ultralytics()
     from ultralytics import YOLO
 
     model = YOLO(str(args.weights))
     exported = Path(model.export(format="onnx", imgsz=args.imgsz, dynamic=True, simplify=True, opset=args.opset,
                                  device="cpu"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(exported, args.out)
     proto = onnx.load(str(args.out))
     set_metadata(proto, {"streamd_adapter": "ultralytics", "streamd_precision": "fp32",
                          "streamd_input_size": f"{args.imgsz},{args.imgsz}"})
     onnx.save(proto, str(args.out))
-    print(f"{args.out}: float32, {args.out.stat().st_size / 1e6:.2f} MB")
-    if args.int8:
-        from streamd.infer.adapters import UltralyticsAdapter
 
-        int8 = args.out.with_name(args.out.stem + ".int8.onnx")
-        quantize_int8(args.out, int8, args.calibration, (args.imgsz, args.imgsz), UltralyticsAdapter.preprocess,
-                      count=args.calibration_count)
-        print(f"{int8}: int8 QDQ (head in float), {int8.stat().st_size / 1e6:.2f} MB")
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", type=Path, help="ultralytics .pt to export (needs the train extra)")
+    source.add_argument("--onnx", type=Path, help="an existing float32 ONNX model to make variants of")
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--fp16", action="store_true", help="also write a float16 model")
+    parser.add_argument("--int8-dynamic", action="store_true", help="also write a dynamic INT8 model")
+    parser.add_argument("--int8", action="store_true", help="also write a static INT8 QDQ model")
+    parser.add_argument("--calibration", type=Path, help="folder of calibration images (for --int8)")
+    parser.add_argument("--calibration-count", type=int, default=200)
+    parser.add_argument("--keep-float", action="append", help="node-name prefix kept in float by --int8 "
+                        "(repeatable; default: the detection head, found automatically)")
+    parser.add_argument("--val-data", type=Path, help="labelled YOLO folder/data.yaml to evaluate every variant on")
+    parser.add_argument("--val-split", help="split of --val-data (e.g. val)")
+    parser.add_argument("--labels", help="class names file for models without names metadata")
+    parser.add_argument("--max-map50-drop", type=float, default=0.02,
+                        help="largest mAP@0.5 loss against FP32 a variant may have (absolute, default 0.02)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the latency column")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per variant")
+    args = parser.parse_args(argv)
+
+    given = args.weights or args.onnx
+    if not given.is_file():
+        print(f"error: {'--weights' if args.weights else '--onnx'} {given} does not exist", file=sys.stderr)
+        return 1
+    if args.int8 and (args.calibration is None or not args.calibration.is_dir()):
+        print("error: --int8 needs --calibration FOLDER with images (e.g. datasets/NAME/images/val)", file=sys.stderr)
+        return 1
+    if args.val_data is not None and not args.val_data.exists():
+        print(f"error: --val-data {args.val_data} does not exist", file=sys.stderr)
+        return 1
+    if args.max_map50_drop < 0:
+        print("error: --max-map50-drop must be >= 0", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.weights:
+        export_weights(args)
+    elif args.onnx.resolve() != args.out.resolve():
+        shutil.copyfile(args.onnx, args.out)
+    print(f"{args.out}: float32, {args.out.stat().st_size / 1e6:.2f} MB")
+
+    variants = [("fp32", args.out)]
+    stem = _stem(args.out)
+    if args.fp16:
+        from tools.export.variants import convert_fp16
+
+        path = convert_fp16(args.out, args.out.with_name(stem + ".fp16.onnx"))
+        variants.append(("fp16", path))
+        print(f"{path}: float16, {path.stat().st_size / 1e6:.2f} MB")
+    if args.int8_dynamic:
+        from tools.export.variants import quantize_dynamic_int8
+
+        path = quantize_dynamic_int8(args.out, args.out.with_name(stem + ".int8dyn.onnx"))
+        variants.append(("int8-dynamic", path))
+        print(f"{path}: int8 dynamic, {path.stat().st_size / 1e6:.2f} MB")
+    if args.int8:
+        from streamd.infer.model import load_model
+
+        loaded = load_model(str(args.out), labels=args.labels)  # the daemon's own view: input size, pre-processing
+        path = args.out.with_name(stem + ".int8.onnx")
+        try:
+            quantize_int8(args.out, path, args.calibration, loaded.input_hw, loaded.adapter.preprocess,
+                          count=args.calibration_count,
+                          head_prefixes=tuple(args.keep_float) if args.keep_float else None)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        variants.append(("int8-qdq", path))
+        print(f"{path}: int8 QDQ (head in float), {path.stat().st_size / 1e6:.2f} MB")
+
+    if len(variants) == 1 and args.val_data is None:
+        return 0
+    from tools.export.variants import gate, measure, table
+
+    if args.val_data is None:
+        print("WARNING: no --val-data given: the variants' accuracy was NOT checked against FP32. Evaluate them "
+              "(python -m tools.evaluate) before deploying.", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as work:
+        reports = [measure(name, path, args.val_data, args.val_split, args.labels, args.threads, args.runs, Path(work))
+                   for name, path in variants]
+    rejected = gate(reports, args.max_map50_drop)
+    text = table(reports, args.threads)
+    report_md = args.out.with_name(stem + ".report.md")
+    report_md.write_text(f"# Variants of `{args.out.name}`\n\nAccuracy on `{args.val_data}`"
+                         f"{' split ' + args.val_split if args.val_split else ''}; tolerance: mAP@0.5 may drop "
+                         f"{args.max_map50_drop} at most.\n\n{text}")
+    args.out.with_name(stem + ".report.json").write_text(json.dumps(
+        [{**r.__dict__, "path": str(r.path)} for r in reports], indent=2))
+    print(text)
+    if rejected:
+        for r in rejected:
+            print(f"REFUSED: {r.name} variant loses {r.map50_drop:.4f} mAP@0.5 against FP32 (tolerance "
+                  f"{args.max_map50_drop}); moved to {r.path}. Do not deploy it: try more or more representative "
+                  "--calibration images, keep more layers in float (--keep-float), or use another variant.",
+                  file=sys.stderr)
+        return 3
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import cv2
@@ -41,12 +42,36 @@ class ImageReader(CalibrationDataReader):
         return {self._input_name: to_tensor(pixels, self._spec, tensor)}
 
 
-def head_nodes(model: onnx.ModelProto, head_prefixes: tuple[str, ...]) -> list[str]:
-    return [n.name for n in model.graph.node if n.name.startswith(head_prefixes)]
+def head_nodes(model: onnx.ModelProto, head_prefixes: tuple[str, ...] | None = None) -> list[str]:
+    """Nodes to keep in float: those under ``head_prefixes``, else found from the graph.
+
+    Found: an ultralytics export names nodes /model.<i>/...; its detection head is the last module.
+    Any other graph: every node between the outputs and the last convolutions before them (box
+    decoding, sigmoid/softmax, concatenation, and the prediction convolutions themselves), which is
+    where 8-bit rounding moves boxes and scores most.
+    """
+    if head_prefixes:
+        return [n.name for n in model.graph.node if n.name.startswith(head_prefixes)]
+    modules = {int(m.group(1)) for n in model.graph.node if (m := re.match(r"/model\.(\d+)/", n.name))}
+    if modules:
+        prefix = f"/model.{max(modules)}/"
+        return [n.name for n in model.graph.node if n.name.startswith(prefix)]
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found: dict[str, onnx.NodeProto] = {}
+    stack = [producer[o.name] for o in model.graph.output if o.name in producer]
+    while stack:
+        node = stack.pop()
+        if node.name in found:
+            continue
+        found[node.name] = node
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue  # the prediction layer itself stays float; what feeds it is the body
+        stack.extend(producer[i] for i in node.input if i in producer)
+    return [n.name for n in model.graph.node if n.name in found and n.name]
 
 
 def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, int], spec: PreprocessSpec,
-                  count: int = 200, seed: int = 0, head_prefixes: tuple[str, ...] = ("/model.22/",)) -> Path:
+                  count: int = 200, seed: int = 0, head_prefixes: tuple[str, ...] | None = None) -> Path:
     images = sorted(p for p in calibration_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not images:
         raise ValueError(f"no calibration images (.jpg/.png) in {calibration_dir}")
@@ -56,7 +81,8 @@ def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, i
     model = onnx.load(str(prepared))
     excluded = head_nodes(model, head_prefixes)
     if not excluded:
-        raise ValueError(f"no node names start with {head_prefixes}: cannot keep the detection head in float")
+        raise ValueError(f"no head nodes found ({head_prefixes or 'automatic'}): cannot keep the detection head in "
+                         "float; give --keep-float PREFIX with the head's node-name prefix")
     reader = ImageReader(images[:count], model.graph.input[0].name, hw, spec)
     quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)

@@ -1,0 +1,84 @@
+"""tools.export variants (FP16, dynamic INT8, static INT8 QDQ) of the bundled conveyor model, each measured
+against FP32 on a tools.synth val set; a variant that breaks accuracy is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from streamd.infer.model import load_model
+from tests.conftest import REPO
+from tools.export.__main__ import main as export
+from tools.export.quantize import head_nodes
+from tools.synth.dataset import write_dataset
+
+FP32 = REPO / "streamd" / "models" / "conveyor.onnx"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def val_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    write_dataset(out, {"val": [140, 141]}, every=40)
+    return out
+
+
+def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pycocotools")
+    out = tmp_path / "conveyor.onnx"
+    assert export(["--onnx", str(FP32), "--out", str(out), "--fp16", "--int8-dynamic", "--int8",
+                   "--calibration", str(val_set / "images" / "val"), "--calibration-count", "8",
+                   "--val-data", str(val_set / "data.yaml"), "--val-split", "val", "--runs", "5"]) == 0
+    report = {r["name"]: r for r in json.loads((tmp_path / "conveyor.report.json").read_text())}
+    assert list(report) == ["fp32", "fp16", "int8-dynamic", "int8-qdq"]
+    for name, suffix in (("fp16", ".fp16.onnx"), ("int8-dynamic", ".int8dyn.onnx"), ("int8-qdq", ".int8.onnx")):
+        path = tmp_path / ("conveyor" + suffix)
+        assert report[name]["accepted"] and Path(report[name]["path"]) == path
+        assert report[name]["size_mb"] < report["fp32"]["size_mb"]
+        assert report[name]["map50_drop"] <= 0.02
+        assert report[name]["median_ms"] > 0
+        model = load_model(str(path))  # the daemon configures itself from each variant's file
+        assert model.adapter.name == "ultralytics" and model.names == ["box", "bottle", "can"]
+        assert model.info.metadata["streamd_precision"] == name
+    assert report["fp32"]["map50"] > 0.9
+    table = (tmp_path / "conveyor.report.md").read_text()
+    assert table.count("| yes |") == 4
+
+
+def test_a_variant_that_breaks_accuracy_is_refused(val_set: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pycocotools")
+    black = tmp_path / "black"  # calibrating on the wrong images: activation ranges all wrong
+    black.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(black / f"{i}.png"), np.zeros((320, 320, 3), np.uint8))
+    out = tmp_path / "conveyor.onnx"
+    assert export(["--onnx", str(FP32), "--out", str(out), "--int8", "--calibration", str(black),
+                   "--val-data", str(val_set / "data.yaml"), "--val-split", "val", "--runs", "3"]) == 3
+    assert "REFUSED: int8-qdq" in capsys.readouterr().err
+    assert not (tmp_path / "conveyor.int8.onnx").exists()
+    assert (tmp_path / "conveyor.int8.rejected.onnx").is_file()
+    assert "**REFUSED**" in (tmp_path / "conveyor.report.md").read_text()
+
+
+def test_head_is_found_automatically(media: Path) -> None:
+    ultralytics = head_nodes(onnx.load(str(FP32)))
+    assert ultralytics and all(n.startswith("/model.22/") for n in ultralytics)
+    yolox = onnx.load(str(media / "models" / "yolox-nano" / "yolox_nano.onnx"))
+    found = head_nodes(yolox)
+    last = [n.name for n in yolox.graph.node if yolox.graph.output[0].name in n.output][0]
+    assert last in found
+    convs = [n for n in yolox.graph.node if n.name in found and n.op_type == "Conv"]
+    assert 3 <= len(convs) < 20  # the prediction convolutions, not the backbone
+
+
+def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export(["--onnx", str(tmp_path / "x.onnx"), "--out", str(tmp_path / "y.onnx")]) == 1
+    assert "x.onnx does not exist" in capsys.readouterr().err
+    assert export(["--onnx", str(FP32), "--out", str(tmp_path / "y.onnx"), "--int8"]) == 1
+    assert "--int8 needs --calibration" in capsys.readouterr().err

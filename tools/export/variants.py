@@ -1,0 +1,126 @@
+"""FP16 and dynamic INT8 variants of a float32 ONNX model, and the accuracy gate every variant passes.
+
+The gate: each variant is evaluated with tools.evaluate on the same labelled folder as the FP32
+model and timed with tools.bench_models' runner (both through the daemon's inference code). A
+variant whose mAP@0.5 falls more than the tolerance below FP32's is renamed *.rejected.onnx, so no
+pipeline can load it by its intended name, and the export exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from tools.export.quantize import set_metadata
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def convert_fp16(fp32: Path, out: Path) -> Path:
+    """Weights and activations in float16; inputs and outputs stay float32 so the daemon feeds it as before."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(fp32))
+    half = convert_float_to_float16(model, keep_io_types=True)
+    set_metadata(half, {**_metadata(fp32), "streamd_precision": "fp16"})
+    onnx.save(half, str(out))
+    return out
+
+
+def quantize_dynamic_int8(fp32: Path, out: Path) -> Path:
+    """INT8 weights, activations quantised at run time (no calibration images; usually slower than
+    static QDQ for convolution networks on CPU, but a quick first size reduction)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prep.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        # ORT's CPU ConvInteger kernel takes unsigned 8-bit weights
+        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8)
+    model = onnx.load(str(out))
+    set_metadata(model, {**_metadata(fp32), "streamd_precision": "int8-dynamic"})
+    onnx.save(model, str(out))
+    return out
+
+
+@dataclass
+class VariantReport:
+    name: str
+    path: Path
+    size_mb: float
+    median_ms: float
+    p90_ms: float
+    map50: float | None = None
+    map: float | None = None
+    map50_drop: float | None = None
+    accepted: bool = True
+
+
+def measure(name: str, path: Path, data: Path | None, split: str | None, labels: str | None, threads: int,
+            runs: int, work: Path) -> VariantReport:
+    from tools.bench_models.__main__ import bench_one
+
+    images = None
+    image_dir = None
+    if data is not None:
+        from tools.dataset.yolo import open_dataset
+
+        image_dir = open_dataset(data, split=split).images_root
+    timing = bench_one(path, labels, "CPUExecutionProvider", threads, 1, images, image_dir, runs, max(3, runs // 10))
+    report = VariantReport(name, path, round(path.stat().st_size / 1e6, 3), timing["median_ms"], timing["p90_ms"])
+    if data is not None:
+        from tools.evaluate.__main__ import main as evaluate
+
+        out = work / name
+        args = ["--model", str(path), "--data", str(data), "--out", str(out), "--no-plots", "--threads", str(threads)]
+        if split:
+            args += ["--split", split]
+        if labels:
+            args += ["--labels", labels]
+        if evaluate(args) != 0:
+            raise RuntimeError(f"evaluating {path} failed (see above)")
+        summary = json.loads((out / "summary.json").read_text())
+        report.map50, report.map = summary["mAP50"], summary["mAP50-95"]
+    return report
+
+
+def gate(reports: list[VariantReport], tolerance: float) -> list[VariantReport]:
+    """Mark variants whose mAP@0.5 is more than ``tolerance`` below the first (FP32) report's; rename them."""
+    base = reports[0]
+    rejected = []
+    for r in reports[1:]:
+        if base.map50 is None or r.map50 is None:
+            continue
+        r.map50_drop = base.map50 - r.map50
+        if r.map50_drop > tolerance:
+            r.accepted = False
+            target = r.path.with_name(r.path.name.removesuffix(".onnx") + ".rejected.onnx")
+            shutil.move(r.path, target)
+            r.path = target
+            rejected.append(r)
+    return rejected
+
+
+def table(reports: list[VariantReport], threads: int) -> str:
+    base = reports[0]
+    lines = [f"| variant | file | size | vs fp32 | latency median (p90), batch 1, {threads} thread(s) | mAP@0.5 | "
+             "mAP@0.5:0.95 | mAP@0.5 change | mAP@0.5:0.95 change | shipped |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        if r.map50 is None or r.map is None or base.map is None:
+            acc = "not measured | - | - | -"
+        elif r is base:
+            acc = f"{r.map50:.4f} | {r.map:.4f} | - | -"
+        else:
+            acc = f"{r.map50:.4f} | {r.map:.4f} | {-(r.map50_drop or 0):+.4f} | {r.map - base.map:+.4f}"
+        shipped = "yes" if r.accepted else "**REFUSED**"
+        lines.append(f"| {r.name} | `{r.path.name}` | {r.size_mb:.2f} MB | {r.size_mb / base.size_mb:.2f}x | "
+                     f"{r.median_ms:.2f} ms ({r.p90_ms:.2f}) | {acc} | {shipped} |")
+    return "\n".join(lines) + "\n"
