@@ -74,7 +74,8 @@ def letterbox_into(image: np.ndarray, dst: np.ndarray, spec: PreprocessSpec) -> 
             left, top = 0, 0
         dst[...] = spec.pad_value
         dst[top : top + new_h, left : left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        transform = Transform(ratio, ratio, float(left), float(top))
+        # the scale each axis really got (sides are rounded to whole pixels), as ultralytics maps boxes back
+        transform = Transform(new_w / src_w, new_h / src_h, float(left), float(top))
     if spec.rgb:
         dst[...] = dst[..., ::-1]
     return transform

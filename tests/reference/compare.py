@@ -1,0 +1,97 @@
+"""Helpers of the reference tests: streamd's detections for image files, the training interpreter,
+the export cache, and the detection-by-detection comparison."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from streamd.infer.model import LoadedModel
+from streamd.infer.postprocess import Candidates, PostprocessParams, finish
+from streamd.infer.preprocess import letterbox_into, to_tensor
+from tests.conftest import REPO, require
+
+# Exported models are cached here between runs (gitignored: out/ is): CI keeps the folder warm.
+CACHE = Path(os.environ.get("STREAMD_REFERENCE_CACHE", REPO / "out" / "reference-cache"))
+REF_SCRIPT = Path(__file__).with_name("ultra_ref.py")
+
+BOX_TOLERANCE_PX = 1.0
+SCORE_TOLERANCE = 1e-3
+
+
+def train_python(*modules: str) -> str:
+    """The interpreter with the training stack (STREAMD_TRAIN_PYTHON, else .venv-train, else this one)."""
+    python = os.environ.get("STREAMD_TRAIN_PYTHON")
+    if not python:
+        local = REPO / ".venv-train" / "bin" / "python"
+        python = str(local) if local.is_file() else sys.executable
+    imports = ", ".join(modules)
+    ok = subprocess.run([python, "-c", f"import {imports}"], capture_output=True).returncode == 0
+    require(ok, f"{python} cannot import {imports} (install the train extra; set STREAMD_TRAIN_PYTHON)")
+    return python
+
+
+def run_train(python: str, *args: str, timeout: float = 900) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HTTP_PROXY": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([python, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args[:2]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def detect_files(model: LoadedModel, images: list[Path], params: PostprocessParams) -> list[Candidates]:
+    """streamd's detections for image files, the way the inference stage makes them (batched)."""
+    frames = [cv2.imread(str(p)) for p in images]
+    h, w = model.input_hw
+    spec = model.adapter.preprocess
+    pixels = np.zeros((len(frames), h, w, 3), np.uint8)
+    transforms = [letterbox_into(f, pixels[i], spec) for i, f in enumerate(frames)]
+    tensor = to_tensor(pixels, spec, np.zeros((len(frames), 3, h, w), np.float32))
+    outputs = model.run(tensor)
+    return [finish(model.adapter.decode(outputs, i, params.confidence), params, t, f.shape[1], f.shape[0])
+            for i, (f, t) in enumerate(zip(frames, transforms))]
+
+
+@dataclass
+class Agreement:
+    detections: int
+    max_box_px: float
+    max_score: float
+
+
+def compare(ours: list[Candidates], reference: list[dict], what: str) -> Agreement:
+    """Every reference detection has one of ours with the same class, box within 1 px and score within
+    1e-3, and nothing is left over. Returns the largest differences seen.
+
+    Reference boxes are clipped to the image first: streamd always clips, ultralytics' RT-DETR predictor
+    does not (its YOLO predictors do, so there this changes nothing)."""
+    total, max_box, max_score = 0, 0.0, 0.0
+    for i, (mine, ref) in enumerate(zip(ours, reference, strict=True)):
+        r_xyxy = np.asarray(ref["xyxy"], np.float32).reshape(-1, 4)
+        r_xyxy[:, [0, 2]] = r_xyxy[:, [0, 2]].clip(0, ref["width"])
+        r_xyxy[:, [1, 3]] = r_xyxy[:, [1, 3]].clip(0, ref["height"])
+        r_conf = np.asarray(ref["confidence"], np.float32)
+        r_cls = np.asarray(ref["class_id"], np.int32)
+        assert len(mine.confidence) == len(r_conf), (
+            f"{what}, image {i} ({ref['image']}): streamd found {len(mine.confidence)} detections, "
+            f"the reference {len(r_conf)}")
+        unmatched = set(range(len(r_conf)))
+        for j in np.argsort(-mine.confidence, kind="stable"):
+            box_diff = np.abs(r_xyxy - mine.xyxy[j]).max(axis=1)
+            score_diff = np.abs(r_conf - mine.confidence[j])
+            ok = [k for k in unmatched if r_cls[k] == mine.class_id[j] and box_diff[k] <= BOX_TOLERANCE_PX
+                  and score_diff[k] <= SCORE_TOLERANCE]
+            assert ok, (f"{what}, image {i}: streamd's detection class {mine.class_id[j]} "
+                        f"{mine.xyxy[j].round(2).tolist()} score {mine.confidence[j]:.5f} has no reference "
+                        f"counterpart (nearest box {box_diff.min():.2f} px)")
+            best = min(ok, key=lambda k: (box_diff[k], score_diff[k]))
+            unmatched.discard(best)
+            max_box, max_score = max(max_box, float(box_diff[best])), max(max_score, float(score_diff[best]))
+        total += len(r_conf)
+    return Agreement(total, max_box, max_score)
