@@ -44,7 +44,7 @@ def resolve_pipeline(name: str, pipeline: PipelineConfig) -> ResolvedPipeline:
     model = load_model(pipeline.model, pipeline.adapter, pipeline.input_size, pipeline.labels)
     names = model.names
     index = class_index(names)
-    wanted = list(pipeline.classes or []) + [c for line in pipeline.lines for c in (line.classes or [])]
+    wanted = list(pipeline.classes or []) + [c for area in [*pipeline.lines, *pipeline.zones] for c in (area.classes or [])]
     unknown = sorted({c for c in wanted if c not in index})
     if unknown:
         raise ModelError(

@@ -70,21 +70,28 @@ def _cmd_counts(args: argparse.Namespace) -> int:
         start, end = hour_window(now, schedule.timezone)
     else:
         start = end = None
-    rows = store.counts(args.stream, since=start.timestamp() if start else None,
-                        until=end.timestamp() if end else None)
+    since, until = (start.timestamp(), end.timestamp()) if start and end else (None, None)
+    rows = store.counts(args.stream, since=since, until=until)
+    zones = store.zone_counts(args.stream, since=since, until=until)
     store.close()
     window = f"{start.isoformat()} .. {end.isoformat()}" if start and end else "all time"
     if args.json:
         print(json.dumps({"window": args.window, "from": start.isoformat() if start else None,
                           "to": end.isoformat() if end else None,
                           "counts": [{"stream": s, "line": ln, "class": c, "direction": d, "count": n}
-                                     for (s, ln, c, d), n in rows.items()]}))
+                                     for (s, ln, c, d), n in rows.items()],
+                          "zones": [{"stream": s, "zone": z, "class": c, "visits": v.visits, "exits": v.exits,
+                                     "mean_dwell_s": None if v.mean_dwell_s is None else round(v.mean_dwell_s, 3)}
+                                    for (s, z, c), v in zones.items()]}))
         return 0
     print(f"counts ({args.window}: {window}) from {counts_cfg.path}")
-    if not rows:
-        print("  no crossings recorded")
+    if not rows and not zones:
+        print("  no crossings or zone visits recorded")
     for (stream, line, cls, direction), n in rows.items():
-        print(f"  {stream:<16} {line:<12} {cls:<14} {direction:<4} {n:>8}")
+        print(f"  {stream:<16} {line:<12} {cls:<14} {direction:<5} {n:>8}")
+    for (stream, zone, cls), visit in zones.items():
+        dwell = "-" if visit.mean_dwell_s is None else f"{visit.mean_dwell_s:.1f} s"
+        print(f"  {stream:<16} {zone:<12} {cls:<14} visits {visit.visits:>8}  mean dwell {dwell}")
     return 0
 
 
@@ -100,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--int8", action="store_true", help="use the INT8 model")
     demo.add_argument("--fast", action="store_true", help="every frame as fast as possible instead of real time")
     run.set_defaults(func=_cmd_run)
-    counts = sub.add_parser("counts", help="print durable line counts from the store (daemon running or not)")
+    counts = sub.add_parser("counts", help="print durable line counts and zone visits from the store (daemon running or not)")
     counts.add_argument("config", help="the daemon config (gives the store path, time zone and shifts)")
     counts.add_argument("--stream", help="only this stream")
     counts.add_argument("--window", choices=["total", "hour", "shift"], default="total")

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamd.analytics.store import CountStore, CrossingRow
+from streamd.analytics.store import CountStore, CrossingRow, ZoneEventRow
 from streamd.analytics.stream import StreamAnalytics
+from streamd.analytics.zones import ZoneEvent as ZoneChange
 from streamd.config.models import PipelineConfig
 from streamd.ipc import sockets
-from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, StreamCounters, StreamEnd, Track, TrackedFrame, encoder,
-                                  pipeline_decoder)
+from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, StreamCounters, StreamEnd, Track, TrackedFrame,
+                                  ZoneEvent, encoder, pipeline_decoder)
 from streamd.runtime.stage import EXIT_OK, Stage
 
 
@@ -34,12 +35,15 @@ class AnalyticsStage(Stage):
         self.run_id: str = self.spec.params["run_id"]
         # all-time totals, read once and then kept current: the store is not re-aggregated per frame
         self.totals: dict[tuple[str, str, str, str], int] = dict(self.store.counts())
+        for (stream, zone, cls), zone_count in self.store.zone_counts().items():
+            self.totals[(stream, zone, cls, "enter")] = zone_count.visits
         self.frames: dict[str, int] = {}
         self.crossings: dict[str, int] = {}
         self.last_seq: dict[str, int] = {}
         # per stream, recent (queue, infer, analyse) durations in ms: where the latency goes
         self.stage_ms: dict[str, deque[tuple[float, float, float]]] = {}
         self.duplicates = 0
+        self.last_frame: dict[str, tuple[int, float]] = {}  # stream -> (frame index, wall clock - stream time)
 
     def counters(self) -> dict[str, StreamCounters]:
         out = {}
@@ -52,6 +56,7 @@ class AnalyticsStage(Stage):
                              for (s, line, cls, direction), n in self.totals.items() if s == stream},
                 stage_p99_ms={"queue": round(float(p99[0]), 2), "infer": round(float(p99[1]), 2),
                               "analyse": round(float(p99[2]), 2)},
+                zone_occupancy=self._occupancy(stream) or None,
             )
         return out
 
@@ -62,14 +67,31 @@ class AnalyticsStage(Stage):
                 if isinstance(msg, Detections):
                     self._on_detections(msg)
                 elif isinstance(msg, StreamEnd):
-                    self.store.finish(msg.stream)
-                    self._send(encoder.encode(msg))
+                    self._on_end(msg)
             elif self.stop.is_set():
                 return EXIT_OK  # upstream stopped first, so an empty inbox means everything was handled
             self.beat()
 
     def close(self) -> None:
         self.store.close()
+
+    def _occupancy(self, stream: str) -> dict[str, int]:
+        analytics = self.streams.get(stream)
+        if analytics is None:
+            return {}
+        return {f"{zone.name}/{analytics.class_name(cid)}": n
+                for zone in analytics.zones for cid, n in zone.occupancy().items()}
+
+    def _on_end(self, msg: StreamEnd) -> None:
+        analytics = self.streams.pop(msg.stream, None)
+        if analytics is not None and analytics.zones:
+            # a finished file leaves no visit open; a stream that starts again starts with fresh state
+            events = [self._zone_event(msg.stream, analytics, zone, change, self.last_frame.get(msg.stream, (0, 0.0)))
+                      for zone, change in analytics.close()]
+            self._record_and_publish(msg.stream, [], events, self.last_frame.get(msg.stream, (0, 0.0))[0])
+        self.store.finish(msg.stream)
+        self.last_seq.pop(msg.stream, None)
+        self._send(encoder.encode(msg))
 
     def _analytics(self, stream: str, pipeline: str) -> StreamAnalytics:
         analytics = self.streams.get(stream)
@@ -99,19 +121,11 @@ class AnalyticsStage(Stage):
             )
             for line_name, crossing in result.crossings
         ]
-        # Durable first: crossings and the frame checkpoint commit together, then they are published.
-        added = {r.id for r in self.store.record(
-            [CrossingRow(e.id, e.stream, e.line, e.class_name, e.direction, e.ts, e.frame) for e in events],
-            msg.stream, self.sources.get(msg.stream, ""), msg.frame_index)}
-        for event in events:
-            if event.id not in added:
-                continue  # already recorded by an earlier process: published then
-            key = (event.stream, event.line, event.class_name, event.direction)
-            self.totals[key] = self.totals.get(key, 0) + 1
-            self._send(encoder.encode(event))
-            self._send(encoder.encode(CountUpdate(stream=event.stream, line=event.line, class_name=event.class_name,
-                                                  direction=event.direction, total=self.totals[key], ts=event.ts)))
-            self.crossings[msg.stream] = self.crossings.get(msg.stream, 0) + 1
+        self.last_frame[msg.stream] = (msg.frame_index, msg.wall_ts - msg.pts_s)
+        zone_events = [self._zone_event(msg.stream, analytics, zone, change, (msg.frame_index, msg.wall_ts - msg.pts_s),
+                                        msg.t_decoded_ns, t_analysed)
+                       for zone, change in result.zone_events]
+        self._record_and_publish(msg.stream, events, zone_events, msg.frame_index)
         tracked = result.tracked
         tracks = [
             Track(track_id=int(tid), class_id=int(cid), class_name=analytics.class_name(int(cid)),
@@ -127,6 +141,49 @@ class AnalyticsStage(Stage):
             (msg.t_batched_ns - msg.t_decoded_ns) / 1e6, (msg.t_inferred_ns - msg.t_batched_ns) / 1e6,
             (t_analysed - msg.t_inferred_ns) / 1e6,
         ))
+
+    def _zone_event(self, stream: str, analytics: StreamAnalytics, zone: str, change: ZoneChange,
+                    frame: tuple[int, float], t_decoded_ns: int = 0, t_analysed_ns: int = 0) -> ZoneEvent:
+        """frame: (index, wall clock minus stream time) of the frame being analysed."""
+        visit_id = f"{stream}/{self.run_id}/{zone}/{change.track_id}/{round(change.entered_t * 1000)}"
+        zone_counter = next(z for z in analytics.zones if z.name == zone)
+        return ZoneEvent(
+            id=visit_id if change.kind == "enter" else f"{visit_id}/exit", stream=stream, zone=zone,
+            event=change.kind, track_id=change.track_id, class_id=change.class_id,
+            class_name=analytics.class_name(change.class_id), frame=frame[0], pts_s=change.t,
+            ts=frame[1] + change.t, dwell_s=round(change.dwell_s, 3) if change.kind == "exit" else None,
+            lost=change.lost,
+            occupancy={analytics.class_name(c): n for c, n in zone_counter.occupancy().items()},
+            t_decoded_ns=t_decoded_ns, t_analysed_ns=t_analysed_ns,
+        )
+
+    def _record_and_publish(self, stream: str, crossings: list[LineCrossing], zone_events: list[ZoneEvent],
+                            frame: int) -> None:
+        # Durable first: events and the frame checkpoint commit together, then they are published.
+        added, added_zone = self.store.record(
+            [CrossingRow(e.id, e.stream, e.line, e.class_name, e.direction, e.ts, e.frame) for e in crossings],
+            stream, self.sources.get(stream, ""), frame,
+            [ZoneEventRow(e.id, e.id.removesuffix("/exit"), e.stream, e.zone, e.class_name, e.event, e.ts, e.frame,
+                          e.dwell_s) for e in zone_events])
+        new_ids = {r.id for r in added} | {z.id for z in added_zone}
+        for event in crossings:
+            if event.id in new_ids:  # else recorded by an earlier process, and published then
+                self._publish_count(event, event.line, event.direction, "line")
+        for zone_event in zone_events:
+            if zone_event.id not in new_ids:
+                continue
+            if zone_event.event == "enter":
+                self._publish_count(zone_event, zone_event.zone, "enter", "zone")
+            else:
+                self._send(encoder.encode(zone_event))
+
+    def _publish_count(self, event: LineCrossing | ZoneEvent, name: str, direction: str, kind: str) -> None:
+        key = (event.stream, name, event.class_name, direction)
+        self.totals[key] = self.totals.get(key, 0) + 1
+        self._send(encoder.encode(event))
+        self._send(encoder.encode(CountUpdate(stream=event.stream, line=name, class_name=event.class_name,
+                                              direction=direction, total=self.totals[key], ts=event.ts, kind=kind)))
+        self.crossings[event.stream] = self.crossings.get(event.stream, 0) + 1
 
     def _send(self, payload: bytes) -> None:
         while True:

@@ -26,6 +26,17 @@ CREATE TABLE IF NOT EXISTS crossings (
     frame INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS crossings_by_stream_ts ON crossings (stream, ts);
+CREATE TABLE IF NOT EXISTS zone_visits (
+    id TEXT PRIMARY KEY,           -- the enter event's id; the exit event's id is this plus "/exit"
+    stream TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    class_name TEXT NOT NULL,
+    entered_ts REAL NOT NULL,
+    enter_frame INTEGER NOT NULL,
+    exited_ts REAL,                -- NULL while the visit is open
+    dwell_s REAL
+);
+CREATE INDEX IF NOT EXISTS zone_visits_by_stream_ts ON zone_visits (stream, entered_ts);
 CREATE TABLE IF NOT EXISTS checkpoints (
     stream TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -46,6 +57,26 @@ class CrossingRow:
     frame: int
 
 
+@dataclass(frozen=True)
+class ZoneEventRow:
+    id: str  # enter: the visit id; exit: the visit id + "/exit"
+    visit_id: str
+    stream: str
+    zone: str
+    class_name: str
+    kind: str  # "enter" | "exit"
+    ts: float
+    frame: int
+    dwell_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ZoneCount:
+    visits: int
+    exits: int
+    mean_dwell_s: float | None
+
+
 class CountStore:
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
@@ -60,22 +91,35 @@ class CountStore:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
             self._db.executescript(_SCHEMA)
 
-    def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int) -> list[CrossingRow]:
-        """Store crossings of one frame and the stream's checkpoint atomically; returns the rows newly added
-        (a replayed id is ignored)."""
-        added = []
+    def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int,
+               zone_events: Iterable[ZoneEventRow] = ()) -> tuple[list[CrossingRow], list[ZoneEventRow]]:
+        """Store the crossings and zone events of one frame and the stream's checkpoint atomically; returns
+        the rows newly added (a replayed id is ignored)."""
+        added: list[CrossingRow] = []
+        added_zone: list[ZoneEventRow] = []
         with self._db:
             for r in rows:
                 cursor = self._db.execute("INSERT OR IGNORE INTO crossings VALUES (?, ?, ?, ?, ?, ?, ?)",
                                           (r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame))
                 if cursor.rowcount:
                     added.append(r)
+            for z in zone_events:
+                if z.kind == "enter":
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO zone_visits VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+                        (z.visit_id, z.stream, z.zone, z.class_name, z.ts, z.frame))
+                else:
+                    cursor = self._db.execute(
+                        "UPDATE zone_visits SET exited_ts=?, dwell_s=? WHERE id=? AND exited_ts IS NULL",
+                        (z.ts, z.dwell_s, z.visit_id))
+                if cursor.rowcount:
+                    added_zone.append(z)
             self._db.execute(
                 "INSERT INTO checkpoints VALUES (?, ?, ?, 0) ON CONFLICT(stream) DO UPDATE SET "
                 "frame=excluded.frame, source=excluded.source, finished=0",
                 (stream, source, frame),
             )
-        return added
+        return added, added_zone
 
     def finish(self, stream: str) -> None:
         """The stream's finite source was processed to its end: the next run starts it afresh."""
@@ -106,6 +150,26 @@ class CountStore:
             args.append(until)
         query += " GROUP BY stream, line, class_name, direction ORDER BY stream, line, class_name, direction"
         return {(s, ln, c, d): n for s, ln, c, d, n in self._db.execute(query, args)}
+
+    def zone_counts(self, stream: str | None = None, since: float | None = None,
+                    until: float | None = None) -> dict[tuple[str, str, str], ZoneCount]:
+        """(stream, zone, class) -> visits that entered in [since, until), how many of them exited, and
+        their mean dwell time."""
+        query = ("SELECT stream, zone, class_name, COUNT(*), COUNT(exited_ts), AVG(dwell_s) FROM zone_visits "
+                 "WHERE 1=1")
+        args: list[object] = []
+        if stream is not None:
+            query += " AND stream=?"
+            args.append(stream)
+        if since is not None:
+            query += " AND entered_ts>=?"
+            args.append(since)
+        if until is not None:
+            query += " AND entered_ts<?"
+            args.append(until)
+        query += " GROUP BY stream, zone, class_name ORDER BY stream, zone, class_name"
+        return {(st, zn, c): ZoneCount(n, exits, None if dwell is None else float(dwell))
+                for st, zn, c, n, exits, dwell in self._db.execute(query, args)}
 
     def close(self) -> None:
         self._db.close()

@@ -1,4 +1,4 @@
-"""Per-stream analytics: ByteTrack tracking and line counters, one frame at a time, deterministic."""
+"""Per-stream analytics: ByteTrack tracking, line counters and zones, one frame at a time, deterministic."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import supervision as sv
-from trackers import ByteTrackTracker
+from trackers import BIoU, ByteTrackTracker
 
 from streamd.analytics.lines import Crossing, LineCounter
+from streamd.analytics.zones import ZoneCounter, ZoneEvent
 from streamd.config.models import PipelineConfig
 from streamd.infer.classnames import class_index
 
@@ -19,6 +20,7 @@ TRACKER_REFERENCE_FPS = 30.0  # trackers' lost_track_buffer is counted in 30-fps
 class FrameResult:
     tracked: sv.Detections  # with tracker_id; -1 for detections not (yet) part of a confirmed track
     crossings: list[tuple[str, Crossing]]  # (line name, crossing)
+    zone_events: list[tuple[str, ZoneEvent]]  # (zone name, event)
     t: float  # the stream time used, monotonic within the stream
 
 
@@ -34,6 +36,7 @@ class StreamAnalytics:
             minimum_consecutive_frames=cfg.min_consecutive_frames,
             minimum_iou_threshold=cfg.min_iou,
             high_conf_det_threshold=cfg.high_confidence,
+            iou=BIoU(buffer_ratio=cfg.iou_buffer),
         )
         self.lines = [
             LineCounter(
@@ -44,6 +47,16 @@ class StreamAnalytics:
             )
             for line in pipeline.lines
         ]
+        self.zones = [
+            ZoneCounter(
+                zone.name, [tuple(p) for p in zone.polygon],  # type: ignore[misc]
+                class_ids=frozenset(ids[c] for c in zone.classes) if zone.classes else None,
+                anchor=zone.anchor, min_distance_px=zone.min_distance_px,
+                # a track the tracker still keeps (lost_track_s) must not exit and re-enter
+                exit_after_lost_s=max(zone.exit_after_lost_s, cfg.lost_track_s),
+            )
+            for zone in pipeline.zones
+        ]
         self._last_pts: float | None = None
         self._offset = 0.0
 
@@ -51,16 +64,20 @@ class StreamAnalytics:
         t = self._timeline(pts_s)
         detections = sv.Detections(xyxy=xyxy.astype(np.float32), confidence=confidence, class_id=class_id)
         tracked = self.tracker.update(detections, timestamp=t)
-        crossings = []
         if len(tracked):
             ids = np.asarray(tracked.tracker_id, dtype=np.int64)
             cls = np.asarray(tracked.class_id, dtype=np.int64)
-            for line in self.lines:
-                crossings.extend((line.name, c) for c in line.update(ids, tracked.xyxy, cls, t))
+            xyxy_tracked = tracked.xyxy
         else:
-            for line in self.lines:
-                line.update(np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64), t)
-        return FrameResult(tracked=tracked, crossings=crossings, t=t)
+            ids, cls, xyxy_tracked = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4))
+        # counters see every frame, empty ones too: that is how lost tracks age out
+        crossings = [(line.name, c) for line in self.lines for c in line.update(ids, xyxy_tracked, cls, t)]
+        zone_events = [(zone.name, e) for zone in self.zones for e in zone.update(ids, xyxy_tracked, cls, t)]
+        return FrameResult(tracked=tracked, crossings=crossings, zone_events=zone_events, t=t)
+
+    def close(self) -> list[tuple[str, ZoneEvent]]:
+        """The stream ended: open zone visits end at their tracks' last sightings."""
+        return [(zone.name, e) for zone in self.zones for e in zone.close()]
 
     def _timeline(self, pts_s: float) -> float:
         """Stream time that never runs backwards (a reconnected camera may restart its clock at 0)."""

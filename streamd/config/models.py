@@ -44,6 +44,11 @@ class StreamConfig(Strict):
         "instead of processing every frame as fast as possible. Live sources are always real time.",
     )
     loop: bool = Field(False, description="Files only: start again at the end instead of finishing.")
+    playback_speed: float = Field(
+        1.0, gt=0, le=100,
+        description="Real-time files only: play at this multiple of the file's frame rate (replay recorded "
+        "footage faster, or load-test: frames the pipeline cannot keep up with are dropped and counted).",
+    )
     ring_slots: int = Field(8, ge=3, le=256, description="Frames held in the stream's shared-memory ring.")
     max_width: int = Field(3840, ge=16, le=16384, description="Largest frame width the ring is sized for.")
     max_height: int = Field(2160, ge=16, le=16384, description="Largest frame height the ring is sized for.")
@@ -95,12 +100,43 @@ class LineConfig(Strict):
         return points
 
 
+class ZoneConfig(Strict):
+    name: Name
+    polygon: list[Point] = Field(min_length=3, max_length=256,
+                                 description="Polygon corners [[x, y], ...] in source-frame pixels.")
+    classes: list[str] | None = Field(None, description="Watch only these class names (default: all).")
+    anchor: Literal["bottom_center", "center", "top_center"] = Field(
+        "bottom_center", description="Point of the box that decides whether it is inside."
+    )
+    min_distance_px: float = Field(
+        2.0, ge=0, le=1000,
+        description="Hysteresis: a track enters once this far inside the edge and exits once this far outside.",
+    )
+    exit_after_lost_s: float = Field(
+        2.0, gt=0, le=3600, description="A track inside that is not seen for this long has exited (left unseen).",
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _has_area(cls, polygon: list[Point]) -> list[Point]:
+        xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+        area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(polygon))))
+        if area < 1.0:
+            raise ValueError("a zone polygon must enclose an area (its corners are on one line)")
+        return polygon
+
+
 class TrackerConfig(Strict):
     lost_track_s: float = Field(1.0, gt=0, le=60, description="Keep a lost track this many seconds for re-association.")
     activation_threshold: float = Field(0.5, ge=0, le=1, description="Confidence needed to start a track.")
     high_confidence: float = Field(0.5, ge=0, le=1, description="First-stage association threshold.")
     min_iou: float = Field(0.1, ge=0, le=1, description="Smallest IoU that links a detection to a track.")
     min_consecutive_frames: int = Field(1, ge=1, le=30, description="Frames before a new track gets an id.")
+    iou_buffer: float = Field(
+        0.3, ge=0, le=2,
+        description="Buffered IoU (BIoU): boxes grow by this fraction of their size before matching, so objects "
+        "that move far between analysed frames (fast belts, dropped frames) keep their track; 0 = plain IoU.",
+    )
 
 
 class PipelineConfig(Strict):
@@ -115,15 +151,16 @@ class PipelineConfig(Strict):
     classes: list[str] | None = Field(None, description="Keep only these class names (default: all).")
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     lines: list[LineConfig] = Field(default_factory=list)
+    zones: list[ZoneConfig] = Field(default_factory=list)
 
-    @field_validator("lines")
-    @classmethod
-    def _unique_lines(cls, lines: list[LineConfig]) -> list[LineConfig]:
-        names = [line.name for line in lines]
+    @model_validator(mode="after")
+    def _unique_names(self) -> PipelineConfig:
+        # lines and zones share one name space: counts and events are keyed by it
+        names = [line.name for line in self.lines] + [zone.name for zone in self.zones]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"line names must be unique; repeated: {', '.join(dupes)}")
-        return lines
+            raise ValueError(f"line and zone names must be unique; repeated: {', '.join(dupes)}")
+        return self
 
 
 class InferenceConfig(Strict):
@@ -293,6 +330,8 @@ class DaemonConfig(Strict):
                 )
             if stream.is_live and (stream.realtime is False or stream.loop):
                 raise ValueError(f"streams[{i}] ({stream.name}): `realtime: false` and `loop` apply to files only")
+            if stream.playback_speed != 1.0 and not (stream.kind == "file" and stream.realtime):
+                raise ValueError(f"streams[{i}] ({stream.name}): `playback_speed` applies to files with `realtime: true`")
         return self
 
     @property

@@ -131,7 +131,7 @@ class DecoderStage(Stage):
             if pace_files:
                 if start_wall is None:
                     start_wall, start_pts = time.monotonic(), pts
-                delay = start_wall + (pts - start_pts) - time.monotonic()
+                delay = start_wall + (pts - start_pts) / self.stream.playback_speed - time.monotonic()
                 if delay > 0:
                     self.sleep(delay)
             elif not realtime:

@@ -140,10 +140,10 @@ def test_track_state_is_evicted_after_the_ttl() -> None:
 def test_track_state_is_capped_at_max_tracks() -> None:
     counter = LineCounter("l", START, END, max_tracks=3)
     for tid in range(5):
-        frame(counter, tid * 0.01, (tid, 100, 90))
+        frame(counter, tid * 0.01, (tid, 20 + 40 * tid, 90))
     assert counter.tracked == 3
     # the two least recently seen (0 and 1) were evicted; 2..4 remember their side
-    crossings = frame(counter, 1.0, (0, 100, 110), (4, 100, 110))
+    crossings = frame(counter, 1.0, (0, 20, 110), (4, 180, 110))
     assert [c.track_id for c in crossings] == [4]
     assert counter.tracked == 3
 
@@ -155,3 +155,104 @@ def test_recently_seen_tracks_survive_the_cap() -> None:
     frame(counter, 0.2, (1, 100, 91))  # 1 is now the most recently seen
     frame(counter, 0.3, (3, 100, 90))  # evicts 2, not 1
     assert frame(counter, 0.4, (1, 100, 110), (2, 100, 110)) == [Crossing(1, 0, "in")]
+
+
+def directions(counter: LineCounter, script: list[tuple[float, list[tuple]]]) -> list[tuple[int, str]]:
+    """script: [(t, [track tuples as in frame()]), ...] -> [(track id, direction), ...]"""
+    out = []
+    for t, tracks in script:
+        out += [(c.track_id, c.direction) for c in frame(counter, t, *tracks)]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        # the tracker switches the id from 1 to 2 ...
+        ([80, 90], [110, 120], [(2, "in")]),  # ... just before the crossing: counted once, under the new id
+        ([80, 90, 110], [115, 120], [(1, "in")]),  # ... just after it: not counted again
+        ([80, 90, 99], [101, 110], [(2, "in")]),  # ... inside the hysteresis band: still counted
+    ],
+)
+def test_id_switch_next_to_the_line_counts_once(before: list[float], after: list[float],
+                                                expected: list[tuple[int, str]]) -> None:
+    counter = LineCounter("l", START, END, min_distance_px=5)
+    script = [(i * 0.1, [(1, 100, y)]) for i, y in enumerate(before)]
+    script += [((len(before) + i) * 0.1, [(2, 100 + 3 * i, y)]) for i, y in enumerate(after)]
+    assert directions(counter, script) == expected
+    assert counter.counts[(0, "in")] == 1
+    assert counter.id_switches == 1
+
+
+def test_new_id_far_away_or_of_another_class_is_a_new_object() -> None:
+    counter = LineCounter("l", START, END, min_distance_px=5)
+    script = [(0.0, [(1, 50, 90)]), (0.1, [(1, 50, 95)]),
+              (0.2, [(2, 150, 110)]),  # 100 px away from where track 1 vanished: not a switch
+              (0.3, [(3, 50, 110, 1)])]  # where track 1 vanished, but another class
+    assert directions(counter, script) == []
+    assert counter.id_switches == 0
+
+
+def test_bunched_objects_id_switch_takes_over_the_vanished_neighbour_only() -> None:
+    # two boxes 12 px apart cross side by side; track 1 becomes 3 in the band while 2 keeps its id
+    counter = LineCounter("l", START, END, min_distance_px=5)
+    script = [(0.0, [(1, 100, 90), (2, 112, 90)]), (0.1, [(1, 100, 98), (2, 112, 98)]),
+              (0.2, [(3, 100, 104), (2, 112, 104)]), (0.3, [(3, 100, 112), (2, 112, 112)])]
+    assert sorted(directions(counter, script)) == [(2, "in"), (3, "in")]
+    assert counter.counts[(0, "in")] == 2
+
+
+def test_old_lost_track_is_not_taken_over() -> None:
+    counter = LineCounter("l", START, END, min_distance_px=5, id_switch_s=1.0)
+    script = [(0.0, [(1, 100, 90)]), (0.1, [(1, 100, 98)]), (1.5, [(2, 100, 110)])]
+    assert directions(counter, script) == []  # 1.4 s later: a new object first seen past the line
+
+
+@pytest.mark.parametrize("missing_frames", [1, 3, 10])
+def test_track_lost_for_a_few_frames_near_the_line_counts_once(missing_frames: int) -> None:
+    # the detector misses the object while it is on the line; the tracker keeps its id and it reappears past it
+    counter = LineCounter("l", START, END, min_distance_px=5)
+    ys = [80, 90, 97] + [None] * missing_frames + [108, 115, 125]
+    script = [(i * 0.05, [] if y is None else [(1, 100, y)]) for i, y in enumerate(ys)]
+    assert directions(counter, script) == [(1, "in")]
+
+
+def test_object_that_stops_on_the_line_and_jitters_counts_once() -> None:
+    counter = LineCounter("l", START, END, min_distance_px=3)
+    rng = np.random.default_rng(3)
+    ys = [80, 90, 96] + list(100 + rng.uniform(-6, 6, 200)) + [110, 120]
+    script = [(i * 0.05, [(1, 100, float(y))]) for i, y in enumerate(ys)]
+    found = directions(counter, script)
+    # jitter of +-6 px across a +-3 px band may cross back and forth: each direction counts at most once
+    assert found.count((1, "in")) == 1 and found.count((1, "out")) <= 1
+    assert counter.counts[(0, "in")] == 1
+
+
+@pytest.mark.parametrize(("x", "expected"), [(0.0, ["in"]), (200.0, ["in"]), (3.0, ["in"])])
+def test_crossing_at_the_frame_edge(x: float, expected: list[str]) -> None:
+    # a line spanning a 200 px wide frame; a box clipped by the frame edge crosses at its very end
+    counter = LineCounter("l", START, END, min_distance_px=2)
+    out = []
+    for i, y in enumerate([90, 95, 105, 110]):
+        x1, x2 = max(0.0, x - 5), min(200.0, x + 5)  # clipped to the frame: anchor stays inside [0, 200]
+        boxes = np.array([[x1, y - 20, x2, y]])
+        out += [c.direction for c in counter.update(np.array([1]), boxes, np.array([0]), i * 0.1)]
+    assert out == expected
+
+
+def test_ten_thousand_tracks_leave_bounded_state() -> None:
+    counter = LineCounter("l", START, END, min_distance_px=2, track_ttl_s=5.0, max_tracks=50)
+    t = 0.0
+    peak = 0
+    for first in range(0, 10_000, 20):
+        # 20 objects at a time cross the line in 4 frames, then are never seen again
+        for y in (90, 95, 105, 110):
+            t += 0.05
+            tracks = [(tid, 5 + (tid % 20) * 10, y) for tid in range(first, first + 20)]
+            frame(counter, t, *tracks)
+            peak = max(peak, counter.tracked)
+        t += 1.5  # the next group arrives later (sooner, where these vanished, it would look like id switches)
+    assert counter.counts[(0, "in")] == 10_000
+    assert peak <= 50
+    frame(counter, t + 10.0)
+    assert counter.tracked == 0

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streamd.analytics.store import CountStore, CrossingRow, ShiftSchedule, hour_window
+from streamd.analytics.store import CountStore, CrossingRow, ShiftSchedule, ZoneCount, ZoneEventRow, hour_window
 
 
 def row(i: str, ts: float, cls: str = "car", direction: str = "in", stream: str = "cam") -> CrossingRow:
@@ -17,8 +17,8 @@ def row(i: str, ts: float, cls: str = "car", direction: str = "in", stream: str 
 
 def test_replayed_events_count_once(tmp_path: Path) -> None:
     store = CountStore(tmp_path / "c.db")
-    assert [r.id for r in store.record([row("a", 1), row("b", 2)], "cam", "src", 10)] == ["a", "b"]
-    assert [r.id for r in store.record([row("b", 2), row("c", 3, cls="bus")], "cam", "src", 11)] == ["c"]
+    assert [r.id for r in store.record([row("a", 1), row("b", 2)], "cam", "src", 10)[0]] == ["a", "b"]
+    assert [r.id for r in store.record([row("b", 2), row("c", 3, cls="bus")], "cam", "src", 11)[0]] == ["c"]
     assert store.counts() == {("cam", "south", "bus", "in"): 1, ("cam", "south", "car", "in"): 2}
     assert store.counts(since=2, until=3) == {("cam", "south", "car", "in"): 1}
     store.close()
@@ -79,3 +79,22 @@ def test_hour_window() -> None:
     at = datetime(2026, 5, 1, 10, 42, 7, tzinfo=timezone.utc)
     start, end = hour_window(at, ZoneInfo("UTC"))
     assert (start.hour, start.minute, (end - start).total_seconds()) == (10, 0, 3600)
+
+
+def zone_event(visit: str, kind: str, ts: float, cls: str = "person", dwell: float | None = None) -> ZoneEventRow:
+    return ZoneEventRow(id=visit if kind == "enter" else f"{visit}/exit", visit_id=visit, stream="cam", zone="door",
+                        class_name=cls, kind=kind, ts=ts, frame=int(ts), dwell_s=dwell)
+
+
+def test_zone_visits_replay_once_and_give_dwell(tmp_path: Path) -> None:
+    store = CountStore(tmp_path / "c.db")
+    _, added = store.record([], "cam", "src", 1, [zone_event("v1", "enter", 1.0), zone_event("v2", "enter", 2.0)])
+    assert [z.id for z in added] == ["v1", "v2"]
+    # a replay of the same frames after a restart adds nothing; the exits land once
+    _, added = store.record([], "cam", "src", 2, [zone_event("v1", "enter", 1.0), zone_event("v1", "exit", 5.0, dwell=4.0)])
+    assert [z.id for z in added] == ["v1/exit"]
+    _, added = store.record([], "cam", "src", 3, [zone_event("v1", "exit", 5.0, dwell=4.0)])
+    assert added == []
+    assert store.zone_counts() == {("cam", "door", "person"): ZoneCount(visits=2, exits=1, mean_dwell_s=4.0)}
+    assert store.zone_counts(since=1.5) == {("cam", "door", "person"): ZoneCount(visits=1, exits=0, mean_dwell_s=None)}
+    store.close()
