@@ -139,10 +139,34 @@ class TrackerConfig(Strict):
     )
 
 
+class PreprocessOverrides(Strict):
+    """Single fields of the adapter's pre-processing defaults to override (unset: the adapter's default)."""
+
+    letterbox: bool | None = Field(None, description="Keep the aspect ratio and pad (true) or stretch (false).")
+    pad_position: Literal["center", "top_left"] | None = Field(None, description="Where the letterboxed image sits.")
+    pad_value: int | None = Field(None, ge=0, le=255, description="Grey level of the padding.")
+    rgb: bool | None = Field(None, description="Feed RGB (true) or BGR (false) channel order.")
+    scale: float | None = Field(None, gt=0, description="Multiplied into the 0..255 pixel values, e.g. 0.00392 (1/255).")
+    mean: tuple[float, float, float] | None = Field(None, description="Subtracted per channel after scaling.")
+    std: tuple[float, float, float] | None = Field(None, description="Divided per channel after the mean.")
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if std is not None and min(std) <= 0:
+            raise ValueError("std values must be > 0")
+        return std
+
+
 class PipelineConfig(Strict):
     model: str = Field(description="Path to an ONNX model file.")
     labels: str | None = Field(None, description="Class-names file (one per line) for models that carry none.")
-    adapter: Literal["auto", "ultralytics", "yolox"] = Field("auto", description="Output decoder; auto reads the model.")
+    adapter: Literal["auto", "ultralytics", "ultralytics_e2e", "rtdetr", "yolox", "fastestdet", "rfdetr",
+                     "torchvision"] = Field(
+        "auto", description="Output decoder; auto reads the model's metadata, else its output names and shapes.")
+    preprocess: PreprocessOverrides = Field(
+        default_factory=PreprocessOverrides,
+        description="Override the adapter's pre-processing defaults (letterbox, pad, channel order, scaling).")
     input_size: tuple[int, int] | None = Field(None, description="[height, width] for models with a dynamic input size.")
     confidence: float = Field(0.25, ge=0, le=1, description="Drop detections below this score.")
     iou: float = Field(0.45, gt=0, le=1, description="IoU threshold of non-maximum suppression.")
