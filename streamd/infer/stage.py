@@ -31,7 +31,7 @@ class _StreamState:
 
 
 class InferenceStage(Stage):
-    """params: model, adapter, input_size, labels, inference (InferenceConfig),
+    """params: model, adapter, input_size, labels, preprocess (overrides dict, optional), inference (InferenceConfig),
     postprocess ({pipeline name: PostprocessParams}), model_key."""
 
     def __init__(self, *args: Any):
@@ -39,7 +39,7 @@ class InferenceStage(Stage):
         p = self.spec.params
         cfg = p["inference"]
         self.model = load_model(p["model"], p["adapter"], p["input_size"], p["labels"], cfg.providers,
-                                cfg.intra_op_threads, cfg.inter_op_threads, cfg.spin)
+                                cfg.intra_op_threads, cfg.inter_op_threads, cfg.spin, p.get("preprocess"))
         self.model.warm_up()
         self.postprocess: dict[str, PostprocessParams] = p["postprocess"]
         self.batcher = Batcher(cfg.max_batch, cfg.max_wait_ms / 1000.0)
