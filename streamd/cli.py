@@ -1,4 +1,4 @@
-"""Command line: `streamd run [CONFIG]`, `streamd validate CONFIG`, `streamd --version`."""
+"""Command line: `streamd run [CONFIG]`, `streamd validate CONFIG`, `streamd model inspect MODEL`, `streamd --version`."""
 
 from __future__ import annotations
 
@@ -95,6 +95,12 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_inspect(args: argparse.Namespace) -> int:
+    from streamd.infer.inspect import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamd", description="Real-time video analytics daemon.")
     parser.add_argument("--version", action="version", version=f"streamd {__version__}")
@@ -116,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file (exit 0 valid, 1 invalid)")
     validate.add_argument("config")
     validate.set_defaults(func=_cmd_validate)
+    model = sub.add_parser("model", help="model files").add_subparsers(dest="model_command", required=True)
+    inspect = model.add_parser("inspect", help="adapter, input size, classes, batch axis, precision and latency "
+                               "of MODEL as the daemon would read it")
+    inspect.add_argument("model", help="ONNX model file")
+    inspect.add_argument("--adapter", default="auto", help="force an adapter instead of detecting it")
+    inspect.add_argument("--labels", help="class-names file, for models that carry none")
+    inspect.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="for dynamic inputs")
+    inspect.add_argument("--providers", nargs="+", help="ONNX Runtime providers in order (default: CPU)")
+    inspect.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ORT default)")
+    inspect.add_argument("--runs", type=int, default=20, help="timed runs after 3 warm-up runs (0: skip)")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=_cmd_model_inspect)
     return parser
 
 
