@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.tools import needs
 from tools.bench_models.__main__ import main as bench
 from tools.evaluate.__main__ import main as evaluate
 from tools.synth.dataset import write_dataset
@@ -16,8 +17,8 @@ MODELS = REPO / "streamd" / "models"
 
 
 def test_benchmark_table_and_speed_vs_accuracy_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("pycocotools")
-    pytest.importorskip("matplotlib")
+    needs("pycocotools")
+    needs("matplotlib")
     write_dataset(tmp_path / "data", {"val": [140]}, every=60)
     fp32, int8 = MODELS / "conveyor.onnx", MODELS / "conveyor.int8.onnx"
     for model, name in ((fp32, "fp32"), (int8, "int8")):

@@ -11,10 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.tools import needs
 from tools.dataset.__main__ import main
 from tools.dataset.yolo import open_dataset, read_boxes
 
-pytest.importorskip("imagehash")
+
+@pytest.fixture(autouse=True)
+def _tools_extra() -> None:
+    needs("imagehash")
 COCO_FILES = ["000000000009", "000000000025", "000000000030", "000000000034", "000000000036", "000000000042",
               "000000000049", "000000000061", "000000000250", "000000000071"]  # 250 has an empty label file
 
@@ -120,7 +124,7 @@ def colour_mask(image: np.ndarray, cid: int) -> np.ndarray:
 
 
 def test_augment_keeps_boxes_on_the_objects(tmp_path: Path) -> None:
-    pytest.importorskip("albumentations")
+    needs("albumentations")
     coloured_scene(tmp_path / "data")
     out = tmp_path / "aug"
     assert main(["augment", str(tmp_path / "data"), "--copies", "8", "--rotate", "30", "--vflip", "0.5",
@@ -183,7 +187,7 @@ def test_dedupe_resize_and_stats(media: Path, tmp_path: Path) -> None:
     assert (tmp_path / "small" / "labels" / "000000000009.txt").read_text() == \
         (data / "labels" / "000000000009.txt").read_text()
 
-    pytest.importorskip("matplotlib")
+    needs("matplotlib")
     assert main(["stats", str(data), "--out", str(tmp_path / "stats")]) == 0
     stats = json.loads((tmp_path / "stats" / "stats.json").read_text())
     expected = Counter(b.class_id for p in (data / "labels").glob("*.txt") for b in read_boxes(p))

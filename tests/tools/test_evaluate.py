@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.tools import needs
 from tools.evaluate.__main__ import class_mapping, main
 from tools.evaluate.metrics import confusion_matrix
 
-pytest.importorskip("pycocotools")
+
+@pytest.fixture(autouse=True)
+def _tools_extra() -> None:
+    needs("pycocotools")
 STEMS = ["000000000009", "000000000025", "000000000030", "000000000034", "000000000036", "000000000042",
          "000000000049", "000000000061", "000000000071", "000000000072", "000000000073", "000000000074",
          "000000000250"]

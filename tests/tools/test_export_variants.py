@@ -13,6 +13,7 @@ import pytest
 
 from streamd.infer.model import load_model
 from tests.conftest import REPO
+from tests.tools import needs
 from tools.export.__main__ import main as export
 from tools.export.quantize import head_nodes
 from tools.synth.dataset import write_dataset
@@ -29,7 +30,7 @@ def val_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path) -> None:
-    pytest.importorskip("pycocotools")
+    needs("pycocotools")
     out = tmp_path / "conveyor.onnx"
     assert export(["--onnx", str(FP32), "--out", str(out), "--fp16", "--int8-dynamic", "--int8",
                    "--calibration", str(val_set / "images" / "val"), "--calibration-count", "8",
@@ -52,7 +53,7 @@ def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path) -> Non
 
 def test_a_variant_that_breaks_accuracy_is_refused(val_set: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("pycocotools")
+    needs("pycocotools")
     black = tmp_path / "black"  # calibrating on the wrong images: activation ranges all wrong
     black.mkdir()
     for i in range(4):

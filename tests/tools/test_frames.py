@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_clip
+from tests.tools import needs
 from tools.frames.__main__ import main
 
-pytest.importorskip("imagehash")
+
+@pytest.fixture(autouse=True)
+def _tools_extra() -> None:
+    needs("imagehash")
 
 
 def held_clip(path: Path, scenes: int = 4, repeat: int = 8, fps: int = 10, size: tuple[int, int] = (160, 120)) -> Path:

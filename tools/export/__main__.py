@@ -27,6 +27,7 @@ from pathlib import Path
 
 import onnx
 
+from streamd.errors import ModelError
 from tools.export.quantize import quantize_int8, set_metadata
 
 
@@ -131,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.val_data is None:
         print("WARNING: no --val-data given: the variants' accuracy was NOT checked against FP32. Evaluate them "
               "(python -m tools.evaluate) before deploying.", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as work:
-        reports = [measure(name, path, args.val_data, args.val_split, args.labels, args.threads, args.runs, Path(work))
-                   for name, path in variants]
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            reports = [measure(name, path, args.val_data, args.val_split, args.labels, args.threads, args.runs,
+                               Path(work)) for name, path in variants]
+    except (ModelError, RuntimeError, ValueError) as exc:
+        print(f"error: a variant cannot be measured, so none is shipped: {exc}", file=sys.stderr)
+        return 1
     rejected = gate(reports, args.max_map50_drop)
     text = table(reports, args.threads)
     report_md = args.out.with_name(stem + ".report.md")

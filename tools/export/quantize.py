@@ -79,6 +79,12 @@ def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, i
     prepared = out.with_name(out.stem + ".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(str(prepared))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:  # per-channel QDQ needs DequantizeLinear's `axis` (opset 13); older exports are upgraded
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 13)
+        onnx.save(model, str(prepared))
     excluded = head_nodes(model, head_prefixes)
     if not excluded:
         raise ValueError(f"no head nodes found ({head_prefixes or 'automatic'}): cannot keep the detection head in "
