@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,36 @@ from streamd.config.models import PipelineConfig
 from streamd.infer.classnames import class_index
 
 TRACKER_REFERENCE_FPS = 30.0  # trackers' lost_track_buffer is counted in 30-fps frames
+
+
+class ClassVote:
+    """A track's class is the one with the highest summed confidence over its detections, so a vehicle that
+    the detector calls "car" in most frames and "truck" in a few counts as a car. Bounded: tracks unseen for
+    ``ttl_s`` are forgotten, least recently seen first."""
+
+    def __init__(self, ttl_s: float, max_tracks: int = 10_000):
+        self.ttl_s = ttl_s
+        self.max_tracks = max_tracks
+        self._votes: OrderedDict[int, tuple[float, dict[int, float]]] = OrderedDict()  # id -> (last seen, votes)
+
+    def __len__(self) -> int:
+        return len(self._votes)
+
+    def update(self, track_ids: np.ndarray, class_ids: np.ndarray, confidence: np.ndarray, t: float) -> np.ndarray:
+        voted = class_ids.copy()
+        for i, (tid, cid, conf) in enumerate(zip(track_ids.tolist(), class_ids.tolist(), confidence.tolist())):
+            if tid < 0:
+                continue
+            _, votes = self._votes.pop(tid, (t, {}))
+            votes[cid] = votes.get(cid, 0.0) + conf
+            self._votes[tid] = (t, votes)
+            voted[i] = max(votes, key=votes.__getitem__)
+        while self._votes:
+            tid, (seen, _) = next(iter(self._votes.items()))
+            if seen >= t - self.ttl_s and len(self._votes) <= self.max_tracks:
+                break
+            del self._votes[tid]
+        return voted
 
 
 @dataclass(frozen=True)
@@ -57,6 +88,7 @@ class StreamAnalytics:
             )
             for zone in pipeline.zones
         ]
+        self.class_vote = ClassVote(ttl_s=max(30.0, cfg.lost_track_s * 4))
         self._last_pts: float | None = None
         self._offset = 0.0
 
@@ -66,7 +98,9 @@ class StreamAnalytics:
         tracked = self.tracker.update(detections, timestamp=t)
         if len(tracked):
             ids = np.asarray(tracked.tracker_id, dtype=np.int64)
-            cls = np.asarray(tracked.class_id, dtype=np.int64)
+            cls = self.class_vote.update(ids, np.asarray(tracked.class_id, dtype=np.int64),
+                                         np.asarray(tracked.confidence, dtype=np.float64), t)
+            tracked.class_id = cls
             xyxy_tracked = tracked.xyxy
         else:
             ids, cls, xyxy_tracked = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4))

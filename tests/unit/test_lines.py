@@ -256,3 +256,17 @@ def test_ten_thousand_tracks_leave_bounded_state() -> None:
     assert peak <= 50
     frame(counter, t + 10.0)
     assert counter.tracked == 0
+
+
+def test_class_vote_takes_the_class_with_the_most_confidence_and_forgets_old_tracks() -> None:
+    from streamd.analytics.stream import ClassVote
+
+    vote = ClassVote(ttl_s=1.0, max_tracks=10)
+    ids = np.array([1, 2, -1])
+    assert vote.update(ids, np.array([2, 7, 7]), np.array([0.9, 0.5, 0.5]), 0.0).tolist() == [2, 7, 7]
+    # track 1 is called class 7 once with less confidence than its class-2 history: it stays 2
+    assert vote.update(ids, np.array([7, 7, 2]), np.array([0.6, 0.5, 0.5]), 0.1).tolist() == [2, 7, 2]
+    assert vote.update(ids[:1], np.array([7]), np.array([0.6]), 0.2).tolist() == [7]  # 1.2 > 0.9 now
+    assert len(vote) == 2
+    vote.update(np.array([3]), np.array([0]), np.array([0.9]), 5.0)
+    assert len(vote) == 1  # 1 and 2 unseen for longer than the ttl
