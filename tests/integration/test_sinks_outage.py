@@ -99,3 +99,43 @@ def test_broker_and_webhook_outages_lose_nothing_and_deliver_each_event_once(
     print("\n" + summary)
     (tmp_path / "outage-summary.txt").write_text(summary + "\n")
     assert daemon.find("outbox_target_recovered", sink="mqtt") and daemon.find("outbox_target_recovered", sink="webhook")
+
+
+def test_a_file_finishes_on_time_while_the_broker_is_down_and_the_next_run_delivers(
+        mosquitto: MosquittoBroker, tmp_path: Path, daemon_factory) -> None:
+    """Drained = accepted into the outbox: the daemon exits after the file although nothing was delivered;
+    the next start sends the backlog first."""
+    video = tmp_path / "conveyor.mp4"
+    render_video(DEMO_SCENES[3], video)
+    mosquitto.stop()
+    config = write_config(tmp_path / "streamd.yaml", {
+        "streams": [{"name": "belt", "url": str(video), "pipeline": "conveyor"}],
+        "pipelines": {"conveyor": {
+            "model": str(package_file("models", "conveyor.onnx")), "confidence": 0.35,
+            "tracker": {"lost_track_s": 0.5},
+            "lines": [{"name": "exit", "points": [[320, 360], [320, 0]], "anchor": "center"}],
+        }},
+        "sinks": [{"type": "jsonl", "path": str(tmp_path / "events.jsonl")},
+                  {"type": "mqtt", "port": mosquitto.port, "topic_prefix": "plant",
+                   "outbox": {"retry": {"initial_s": 0.5, "max_s": 1}, "shutdown_grace_s": 1}}],
+        "counts": {"path": str(tmp_path / "counts.db")},
+    })
+    first = daemon_factory(config)
+    assert first.wait(120) == 0, first.log_path.read_text()[-3000:]
+    ids = [json.loads(line)["id"] for line in (tmp_path / "events.jsonl").read_text().splitlines()
+           if '"line_crossing"' in line]
+    assert len(ids) >= 10
+    left = first.find("outbox_left_for_next_start", sink="mqtt")
+    assert left and left[-1]["depth"] == 2 * len(ids)  # each crossing and its count_update
+    assert (tmp_path / "state" / "outbox-mqtt.db").is_file()  # default place: ./state of the daemon
+
+    mosquitto.start()
+    sub = Subscriber(mosquitto.port, "plant/belt/events/#", client_id="next-run-subscriber")
+    second = daemon_factory(config)
+    second.wait_for("outbox_resumed", timeout=60, sink="mqtt")
+    assert second.wait(120) == 0, second.log_path.read_text()[-3000:]
+    time.sleep(1.0)
+    got = [json.loads(m.payload)["id"] for m in sub.snapshot()]
+    sub.close()
+    assert set(ids) <= set(got), f"first run's events missing: {sorted(set(ids) - set(got))[:5]}"
+    assert all(got.count(i) == 1 for i in ids), "a first-run event arrived twice"
