@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -15,14 +16,17 @@ from typing import Any
 import structlog
 import zmq
 
-from streamd.config.loader import LoadedConfig
+from streamd.config.diff import ConfigDiff, diff_configs
+from streamd.config.loader import LoadedConfig, load_config
 from streamd.config.models import DaemonConfig, PipelineConfig, StreamConfig
 from streamd.analytics.store import CountStore
-from streamd.errors import ModelError
+from streamd.errors import ConfigError, ModelError
 from streamd.infer.classnames import class_index
 from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
 from streamd.ipc.ring import FrameRing, remove_orphaned_rings, ring_name, unlink_ring
+from streamd.ipc import sockets
+from streamd.ipc.messages import PipelineSet, StreamRemoved, encoder
 from streamd.ipc.sockets import Endpoints, model_key
 from streamd.redact import redact
 from streamd.runtime.stage import StageSpec
@@ -56,7 +60,8 @@ def resolve_pipeline(name: str, pipeline: PipelineConfig) -> ResolvedPipeline:
         max_detections=pipeline.max_detections,
         class_ids=frozenset(index[c] for c in pipeline.classes) if pipeline.classes else None,
     )
-    key = model_key(f"{pipeline.model}|{pipeline.adapter}|{pipeline.input_size}")
+    key = model_key(f"{pipeline.model}|{pipeline.adapter}|{pipeline.input_size}|"
+                    f"{pipeline.preprocess.model_dump_json(exclude_none=True)}")
     return ResolvedPipeline(config=pipeline, class_names=names, postprocess=params, model_key=key)
 
 
@@ -86,9 +91,20 @@ class Daemon:
         self.on_tick = on_tick  # called with the merged per-stream counters a few times a second
         self.final_counters: dict[str, dict[str, Any]] = {}
         self.resume: dict[str, int] = {}  # finite stream -> first frame to process (after a crash)
+        self.pipelines: dict[str, ResolvedPipeline] = {}
+        self.generation: dict[str, int] = {}  # stream -> ring generation (a restart by reload takes the next)
+        self.finished: set[str] = set()  # finite streams processed to their end (or failed) in this run
+        self._reload_requested: str | None = None  # why: "file", "signal", "api"
+        self.reload_status: dict[str, Any] = {"ok": True, "reloads": 0, "failures": 0}
+        self._control_out: dict[str, zmq.Socket] = {}  # endpoint -> PUSH, for control messages to stages
+        self._config_stamp = self._stamp()
 
     def request_stop(self, *_: Any) -> None:
         self._stop_requested = True
+
+    def request_reload(self, reason: str = "signal") -> None:
+        """Thread- and signal-safe: the watch loop applies the reload on its next tick."""
+        self._reload_requested = reason
 
     # --- start ---------------------------------------------------------------------------------------
 
@@ -106,6 +122,15 @@ class Daemon:
                           streams=[s.name for s in self.config.active_streams if s.pipeline == name])
         return resolved
 
+    def _inference_spec(self, key: str, pipeline_names: list[str]) -> StageSpec:
+        cfg = self.pipelines[pipeline_names[0]].config
+        return StageSpec(f"infer-{key}", "streamd.infer.stage:InferenceStage", self.endpoints, self.config.log_level, {
+            "model": cfg.model, "adapter": cfg.adapter, "input_size": cfg.input_size, "labels": cfg.labels,
+            "preprocess": cfg.preprocess.model_dump(exclude_none=True) or None,
+            "inference": self.config.inference, "model_key": key,
+            "postprocess": {n: self.pipelines[n].postprocess for n in pipeline_names},
+        })
+
     def _start(self) -> None:
         orphans = remove_orphaned_rings()
         if orphans:
@@ -116,7 +141,10 @@ class Daemon:
         sup = self.supervisor = Supervisor(self.config.supervisor, self._ctx, self.endpoints)
         level = self.config.log_level
         sup.add(StageSpec("sinks", "streamd.sinks.stage:SinksStage", self.endpoints, level,
-                          {"sinks": list(self.config.sinks)}), critical=True)
+                          {"sinks": list(self.config.sinks),
+                           # outboxes live beside the count store unless a sink names its own file
+                           "state_dir": os.environ.get("STATE_DIRECTORY") or str(Path(self.config.counts.path).parent)}),
+                critical=True)
         sources = {s.name: source_key(s) for s in self.config.active_streams}
         store = CountStore(self.config.counts.path)
         self.resume = {s.name: store.resume_frame(s.name, sources[s.name]) for s in self.config.active_streams
@@ -126,6 +154,7 @@ class Daemon:
         if resumed:
             log.warning("resuming_files", frames=resumed, store=self.config.counts.path,
                         reason="an earlier run stopped part-way; counts so far are in the store")
+        self.pipelines = pipelines
         sup.add(StageSpec("analytics", "streamd.analytics.stage:AnalyticsStage", self.endpoints, level,
                           {"pipelines": {n: p.config for n, p in pipelines.items()},
                            "class_names": {n: p.class_names for n, p in pipelines.items()},
@@ -135,12 +164,7 @@ class Daemon:
         for name, pipe in pipelines.items():
             by_model.setdefault(pipe.model_key, []).append(name)
         for key, names in by_model.items():
-            cfg = pipelines[names[0]].config
-            sup.add(StageSpec(f"infer-{key}", "streamd.infer.stage:InferenceStage", self.endpoints, level, {
-                "model": cfg.model, "adapter": cfg.adapter, "input_size": cfg.input_size, "labels": cfg.labels,
-                "inference": self.config.inference, "model_key": key,
-                "postprocess": {n: pipelines[n].postprocess for n in names},
-            }), critical=True)
+            sup.add(self._inference_spec(key, names), critical=True)
         core = list(sup.stages)
         slow = sup.wait_ready(core, timeout_s=120.0)
         if slow:
@@ -152,7 +176,8 @@ class Daemon:
 
     def _start_stream(self, stream: StreamConfig, pipeline: ResolvedPipeline) -> None:
         assert self.supervisor is not None
-        name = ring_name(os.getpid(), stream.name)
+        generation = self.generation[stream.name] = self.generation.get(stream.name, -1) + 1
+        name = ring_name(os.getpid(), stream.name, generation)
         unlink_ring(name)
         FrameRing.create(name, stream.ring_slots, stream.max_width, stream.max_height).close()
         self.rings[stream.name] = name
@@ -166,11 +191,114 @@ class Daemon:
         log.info("stream_added", stream=stream.name, url=redact(stream.url), pipeline=stream.pipeline,
                  kind=stream.kind, realtime=stream.is_realtime)
 
+    def _stop_stream(self, stream: StreamConfig) -> None:
+        """Stop one stream's decoder, tell the shared stages to forget its ring, and free its shared memory."""
+        assert self.supervisor is not None
+        self.supervisor.stop_stage(f"decode-{stream.name}", remove=True)
+        ring = self.rings.pop(stream.name, None)
+        pipeline = self.pipelines.get(stream.pipeline)
+        if ring is not None and pipeline is not None:
+            self._control(self.endpoints.inference(pipeline.model_key),
+                          encoder.encode(StreamRemoved(stream=stream.name, ring=ring)))
+        if ring is not None:
+            unlink_ring(ring)  # stages still mapping it keep their mapping until they close it
+        self.failed_streams.pop(stream.name, None)
+        self.finished.discard(stream.name)
+        log.info("stream_removed", stream=stream.name)
+
+    def _control(self, endpoint: str, payload: bytes) -> None:
+        assert self._ctx is not None
+        sock = self._control_out.get(endpoint)
+        if sock is None:
+            sock = self._control_out[endpoint] = sockets.push(self._ctx, endpoint, hwm=1000)
+        try:
+            sock.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            log.error("control_message_dropped", endpoint=endpoint, reason="stage not receiving")
+
+    # --- reload --------------------------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.loaded.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _config_file_changed(self) -> bool:
+        stamp = self._stamp()
+        if stamp is None or stamp == self._config_stamp:
+            return False
+        self._config_stamp = stamp
+        return True
+
+    def reload(self, reason: str) -> dict[str, Any]:
+        """Validate the config file again and apply the difference; an invalid file leaves everything running."""
+        assert self.supervisor is not None
+        self._config_stamp = self._stamp()
+        status: dict[str, Any] = {"reason": reason, "at": time.time()}
+        try:
+            loaded = load_config(self.loaded.path)
+            change = diff_configs(self.config, loaded.config)
+            resolved = {name: resolve_pipeline(name, loaded.config.pipelines[name])
+                        for name in change.pipelines_changed}
+        except (ConfigError, ModelError) as exc:
+            self.reload_status.update(ok=False, error=str(exc), failures=self.reload_status["failures"] + 1, **status)
+            log.error("reload_rejected", reason=reason, error=str(exc), action="still running the previous config")
+            return self.reload_status
+        if change.empty:
+            self.reload_status.update(ok=True, error=None, changes={}, **status)
+            log.info("reload_no_change", reason=reason)
+            return self.reload_status
+        self._apply(loaded, change, resolved)
+        self.reload_status.update(ok=True, error=None, changes=change.summary(),
+                                  reloads=self.reload_status["reloads"] + 1, **status)
+        log.info("reload_applied", reason=reason, **change.summary())
+        if change.needs_restart:
+            log.warning("reload_needs_restart", sections=change.needs_restart,
+                        action="these settings keep their running values until streamd restarts")
+        return self.reload_status
+
+    def _apply(self, loaded: LoadedConfig, change: ConfigDiff, resolved: dict[str, ResolvedPipeline]) -> None:
+        assert self.supervisor is not None
+        old_streams = {s.name: s for s in self.config.active_streams}
+        # sections a reload cannot change keep their running values
+        running = loaded.config.model_copy(update={k: getattr(self.config, k) for k in change.needs_restart})
+        for name in change.removed + change.restarted:
+            self._stop_stream(old_streams[name])
+        self.loaded, self.config = LoadedConfig(running, loaded.path), running
+        for name, pipeline in resolved.items():
+            self.pipelines[name] = pipeline
+            if f"infer-{pipeline.model_key}" not in self.supervisor.stages:
+                users = [n for n, p in self.pipelines.items() if p.model_key == pipeline.model_key]
+                self.supervisor.add(self._inference_spec(pipeline.model_key, users), critical=True)
+                self.supervisor.wait_ready([f"infer-{pipeline.model_key}"], timeout_s=120.0)
+            message = encoder.encode(PipelineSet(
+                name=name, config=pipeline.config.model_dump_json().encode(), class_names=pipeline.class_names,
+                postprocess=dataclasses.asdict(pipeline.postprocess)))
+            self._control(self.endpoints.inference(pipeline.model_key), message)
+            self._control(self.endpoints.analytics, message)
+        self._stop_unused_inference()
+        new_streams = {s.name: s for s in running.active_streams}
+        for name in change.added + change.restarted:
+            stream = new_streams[name]
+            if stream.is_finite:
+                self.resume[name] = 0  # a stream (re)started by a reload runs its file from the start
+            self._start_stream(stream, self.pipelines[stream.pipeline])
+
+    def _stop_unused_inference(self) -> None:
+        assert self.supervisor is not None
+        used = {self.pipelines[s.pipeline].model_key for s in self.config.active_streams if s.pipeline in self.pipelines}
+        for name in [n for n in self.supervisor.stages if n.startswith("infer-") and n[len("infer-"):] not in used]:
+            self.supervisor.stop_stage(name, remove=True)
+            log.info("inference_stage_removed", stage=name, reason="no stream uses its model any more")
+
     # --- run -----------------------------------------------------------------------------------------
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload("signal"))
         code = 1
         try:
             self._start()
@@ -191,11 +319,9 @@ class Daemon:
         if not self.rings:
             log.error("no_streams_running", failed=self.failed_streams)
             return 1
-        finite = {s.name for s in self.config.active_streams if s.is_finite and s.name in self.rings}
-        live = {s.name for s in self.config.active_streams if not s.is_finite and s.name in self.rings}
-        done: set[str] = set()
         stats_interval = self.config.supervisor.stats_interval_s
         next_stats = time.monotonic() + stats_interval
+        next_file_check = time.monotonic() + 1.0
         previous: dict[str, int] = {}
         previous_t = time.monotonic()
         while not self._stop_requested:
@@ -204,31 +330,45 @@ class Daemon:
             if failed_stage:
                 log.error("daemon_failed", stage=failed_stage, reason="a stage every stream needs is in a crash loop")
                 return 1
-            counters = sup.stream_counters()
+            now = time.monotonic()
+            if self.config.watch_config and now >= next_file_check:
+                next_file_check = now + 1.0
+                if self._config_file_changed():
+                    self.request_reload("file")
+            if self._reload_requested:
+                reason, self._reload_requested = self._reload_requested, None
+                self.reload(reason)
+            counters = self.stream_counters()
             if self.on_tick is not None:
                 self.on_tick(counters)
-            for stream in list(finite - done):
+            running = [s for s in self.config.active_streams if s.name in self.rings]
+            finite = {s.name for s in running if s.is_finite}
+            live = {s.name for s in running if not s.is_finite}
+            for stream in sorted(finite - self.finished):
                 handle = sup.stages.get(f"decode-{stream}")
                 c = counters.get(stream, {})
                 if handle is not None and handle.state == "failed":
                     self.failed_streams[stream] = c.get("last_error") or "decoder failed"
-                    done.add(stream)
+                    self.finished.add(stream)
                 elif c.get("state") == "finished" and c.get("drained"):
                     sup.stop_stage(f"decode-{stream}")
-                    done.add(stream)
-            now = time.monotonic()
+                    self.finished.add(stream)
             if now >= next_stats:
                 previous, previous_t = self._log_stats(counters, previous, previous_t, now), now
                 next_stats = now + stats_interval
-            if finite and not live and done >= finite:
+            if finite and not live and self.finished >= finite:
                 log.info("all_streams_finished", streams=sorted(finite))
                 break
-            if not finite and live and all(
-                sup.stages[f"decode-{s}"].state == "failed" for s in live
-            ):
+            if not finite and live and all(sup.stages[f"decode-{s}"].state == "failed" for s in live):
                 log.error("all_streams_failed", failed=self.failed_streams)
                 return 1
         return 0
+
+    def stream_counters(self) -> dict[str, dict[str, Any]]:
+        """Merged per-stream counters of the streams in the running config (removed ones drop out)."""
+        assert self.supervisor is not None
+        active = {s.name for s in self.config.active_streams}
+        return {k: v for k, v in self.supervisor.stream_counters().items() if k in active}
 
     def _log_stats(self, counters: dict[str, dict[str, Any]], previous: dict[str, int], previous_t: float,
                    now: float) -> dict[str, int]:

@@ -14,8 +14,8 @@ from streamd.analytics.stream import StreamAnalytics
 from streamd.analytics.zones import ZoneEvent as ZoneChange
 from streamd.config.models import PipelineConfig
 from streamd.ipc import sockets
-from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, StreamCounters, StreamEnd, Track, TrackedFrame,
-                                  ZoneEvent, encoder, pipeline_decoder)
+from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, PipelineSet, StreamCounters, StreamEnd, StreamRemoved,
+                                  Track, TrackedFrame, ZoneEvent, encoder, pipeline_decoder)
 from streamd.runtime.stage import EXIT_OK, Stage
 
 
@@ -29,6 +29,9 @@ class AnalyticsStage(Stage):
         self.class_names: dict[str, list[str]] = self.spec.params["class_names"]
         self.inbox = sockets.pull(self.ctx, self.spec.endpoints.analytics, hwm=1000)
         self.outbox = sockets.push(self.ctx, self.spec.endpoints.sinks, hwm=10_000)
+        # tracked frames for the live preview; a PUB with no subscriber drops them at once, so it costs nothing
+        self.preview = sockets.publisher(self.ctx, self.spec.endpoints.preview, hwm=4)
+        self.rings: dict[str, str] = {}  # stream -> the ring its current frames come from
         self.streams: dict[str, StreamAnalytics] = {}
         self.store = CountStore(self.spec.params["store"])
         self.sources: dict[str, str] = self.spec.params["sources"]
@@ -68,11 +71,20 @@ class AnalyticsStage(Stage):
                     self._on_detections(msg)
                 elif isinstance(msg, StreamEnd):
                     self._on_end(msg)
+                elif isinstance(msg, StreamRemoved):
+                    if self.rings.get(msg.stream) == msg.ring:
+                        self._reset(msg.stream)
+                    self._send(encoder.encode(msg))
+                elif isinstance(msg, PipelineSet):
+                    self.pipelines[msg.name] = PipelineConfig.model_validate_json(msg.config)
+                    self.class_names[msg.name] = msg.class_names
+                    self.log.info("pipeline_set", pipeline=msg.name)
             elif self.stop.is_set():
                 return EXIT_OK  # upstream stopped first, so an empty inbox means everything was handled
             self.beat()
 
     def close(self) -> None:
+        self.preview.close(linger=0)
         self.store.close()
 
     def _occupancy(self, stream: str) -> dict[str, int]:
@@ -100,7 +112,21 @@ class AnalyticsStage(Stage):
             self.streams[stream] = analytics
         return analytics
 
+    def _reset(self, stream: str) -> None:
+        """Forget a stream's tracker and counters state; open zone visits end at their last sighting."""
+        analytics = self.streams.pop(stream, None)
+        if analytics is not None and analytics.zones:
+            last = self.last_frame.get(stream, (0, 0.0))
+            events = [self._zone_event(stream, analytics, zone, change, last) for zone, change in analytics.close()]
+            self._record_and_publish(stream, [], events, last[0])
+        self.last_seq.pop(stream, None)
+        self.rings.pop(stream, None)
+
     def _on_detections(self, msg: Detections) -> None:
+        if msg.ring and self.rings.get(msg.stream) != msg.ring:
+            if msg.stream in self.rings:
+                self._reset(msg.stream)  # restarted by a reload: a new ring, sequence numbers start over
+            self.rings[msg.stream] = msg.ring
         if msg.seq <= self.last_seq.get(msg.stream, 0):
             # A restarted inference stage replays frames it had not released; each frame counts once.
             self.duplicates += 1
@@ -133,9 +159,14 @@ class AnalyticsStage(Stage):
             for tid, cid, conf, box in zip(tracked.tracker_id, tracked.class_id, tracked.confidence, tracked.xyxy)
             if tid >= 0
         ]
-        self._send(encoder.encode(TrackedFrame(stream=msg.stream, frame=msg.frame_index, pts_s=msg.pts_s,
-                                               ts=msg.wall_ts, tracks=tracks, t_decoded_ns=msg.t_decoded_ns,
-                                               t_analysed_ns=t_analysed)))
+        tracked_frame = encoder.encode(TrackedFrame(
+            stream=msg.stream, frame=msg.frame_index, pts_s=msg.pts_s, ts=msg.wall_ts, tracks=tracks,
+            t_decoded_ns=msg.t_decoded_ns, t_analysed_ns=t_analysed, seq=msg.seq, ring=msg.ring))
+        self._send(tracked_frame)
+        try:
+            self.preview.send_multipart([msg.stream.encode(), tracked_frame], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
         self.frames[msg.stream] = self.frames.get(msg.stream, 0) + 1
         self.stage_ms.setdefault(msg.stream, deque(maxlen=1000)).append((
             (msg.t_batched_ns - msg.t_decoded_ns) / 1e6, (msg.t_inferred_ns - msg.t_batched_ns) / 1e6,

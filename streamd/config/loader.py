@@ -157,8 +157,15 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
     elif counts is None and isinstance(data, dict):
         data["counts"] = {"path": _resolve("state/counts.db", path.parent)}
     for sink in data.get("sinks") or []:
-        if isinstance(sink, dict) and sink.get("type") == "jsonl" and isinstance(sink.get("path"), str):
+        if not isinstance(sink, dict):
+            continue
+        if sink.get("type") == "jsonl" and isinstance(sink.get("path"), str):
             sink["path"] = _resolve(sink["path"], path.parent)
+        if isinstance(sink.get("ca_file"), str):
+            sink["ca_file"] = _resolve(sink["ca_file"], path.parent)
+        outbox = sink.get("outbox")
+        if isinstance(outbox, dict) and isinstance(outbox.get("path"), str):
+            outbox["path"] = _resolve(outbox["path"], path.parent)
     if problems:
         raise ConfigError(problems)
     try:

@@ -330,6 +330,28 @@ class CountsConfig(Strict):
         return shifts
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class ApiConfig(Strict):
+    enabled: bool = Field(True, description="Serve the HTTP API, metrics and live preview.")
+    host: str = Field("127.0.0.1", description="Bind address; anything but loopback requires `token`.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one (logged).")
+    token: str | None = Field(
+        None, min_length=16, repr=False,
+        description="Bearer token every endpoint except /healthz and /readyz requires (use ${STREAMD_API_TOKEN}).",
+    )
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ApiConfig:
+        if self.enabled and self.host not in LOOPBACK_HOSTS and not self.token:
+            raise ValueError(
+                f"api.host {self.host} is reachable from other machines: set api.token (16+ characters, e.g. "
+                "token: ${STREAMD_API_TOKEN}) or bind 127.0.0.1"
+            )
+        return self
+
+
 class DaemonConfig(Strict):
     streams: list[StreamConfig] = Field(min_length=1)
     pipelines: dict[Name, PipelineConfig] = Field(default_factory=dict)
@@ -337,6 +359,8 @@ class DaemonConfig(Strict):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     counts: CountsConfig = Field(default_factory=CountsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    watch_config: bool = Field(True, description="Reload when the config file changes (also on SIGHUP and POST /api/reload).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

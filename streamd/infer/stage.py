@@ -16,7 +16,8 @@ from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams, finish
 from streamd.infer.preprocess import letterbox_into, to_tensor
 from streamd.ipc import sockets
-from streamd.ipc.messages import Detections, FrameReady, StreamCounters, StreamEnd, encoder, pipeline_decoder
+from streamd.ipc.messages import (Detections, FrameReady, PipelineSet, StreamCounters, StreamEnd, StreamRemoved, encoder,
+                                  pipeline_decoder)
 from streamd.ipc.ring import FrameRing
 from streamd.runtime.stage import EXIT_OK, Stage
 
@@ -49,6 +50,7 @@ class InferenceStage(Stage):
         self._pixels = np.zeros((cfg.max_batch, h, w, 3), np.uint8)
         self._tensor = np.zeros((cfg.max_batch, 3, h, w), np.float32)
         self.streams: dict[str, _StreamState] = {}
+        self._retired: deque[str] = deque(maxlen=64)  # rings removed by reloads
         self.batches = 0
         self._batch_sizes: deque[int] = deque(maxlen=200)
         self._infer_ms: deque[float] = deque(maxlen=200)
@@ -109,8 +111,26 @@ class InferenceStage(Stage):
                 if state is not None:
                     state.end_seq = msg.last_seq
                     self.batcher.offer(msg.stream, msg.last_seq, None, now, first_unseen=state.ring.released_seq + 1)
+            elif isinstance(msg, StreamRemoved):
+                self._remove(msg)
+            elif isinstance(msg, PipelineSet):
+                self.postprocess[msg.name] = PostprocessParams(**msg.postprocess)
+                self.log.info("pipeline_set", pipeline=msg.name)
+
+    def _remove(self, msg: StreamRemoved) -> None:
+        """A reload removed or restarted the stream: let go of its ring (the supervisor unlinks it) and tell
+        analytics. A newer ring of the same stream is left alone."""
+        self._retired.append(msg.ring)
+        state = self.streams.get(msg.stream)
+        if state is not None and state.ring.name == msg.ring:
+            state.ring.close()
+            self.batcher.forget(msg.stream)
+            del self.streams[msg.stream]
+        self._send(encoder.encode(msg))
 
     def _stream(self, name: str, ring_name: str, pipeline: str | None) -> _StreamState | None:
+        if ring_name in self._retired:
+            return None  # a late message about a ring a reload already removed
         state = self.streams.get(name)
         if state is not None and state.ring.name == ring_name:
             if pipeline is not None:
@@ -165,7 +185,7 @@ class InferenceStage(Stage):
                 pts_s=meta.pts_s, wall_ts=meta.wall_ts, width=meta.width, height=meta.height,
                 xyxy=dets.xyxy.astype("<f4").tobytes(), confidence=dets.confidence.astype("<f4").tobytes(),
                 class_id=dets.class_id.astype("<i4").tobytes(), batch_size=n, t_decoded_ns=meta.t_decoded_ns,
-                t_batched_ns=t_batched, t_inferred_ns=time.monotonic_ns(),
+                t_batched_ns=t_batched, t_inferred_ns=time.monotonic_ns(), ring=state.ring.name,
             )
             self._send(encoder.encode(msg))
             state.ring.release(item.seq)  # only once the result is on its way: a crash before replays it

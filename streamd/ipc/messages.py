@@ -6,7 +6,7 @@ and measure latency; ``wall_ts`` is Unix time in seconds for people and external
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import msgspec
 
@@ -51,6 +51,7 @@ class Detections(msgspec.Struct, frozen=True, tag="detections"):
     t_decoded_ns: int
     t_batched_ns: int
     t_inferred_ns: int
+    ring: str = ""  # the ring the frame came from: a stream restarted by a reload gets a new one
 
 
 class Track(msgspec.Struct, frozen=True, array_like=True):
@@ -71,6 +72,8 @@ class TrackedFrame(msgspec.Struct, frozen=True, tag="tracks"):
     tracks: list[Track]
     t_decoded_ns: int
     t_analysed_ns: int
+    seq: int = 0  # ring sequence number of the frame (the preview finds its pixels by it)
+    ring: str = ""
 
 
 class LineCrossing(msgspec.Struct, frozen=True, tag="line_crossing"):
@@ -127,6 +130,24 @@ class CountUpdate(msgspec.Struct, frozen=True, tag="count_update"):
     kind: str = "line"
 
 
+class StreamRemoved(msgspec.Struct, frozen=True, tag="removed"):
+    """supervisor -> inference -> analytics -> sinks: a reload removed or restarted the stream; forget the state
+    that belongs to ``ring`` (a newer ring of the same stream is left alone)."""
+
+    stream: str
+    ring: str
+
+
+class PipelineSet(msgspec.Struct, frozen=True, tag="pipeline"):
+    """supervisor -> inference and analytics: a reload added or changed a pipeline. ``config`` is the
+    PipelineConfig as JSON; ``postprocess`` the resolved PostprocessParams fields."""
+
+    name: str
+    config: bytes
+    class_names: list[str]
+    postprocess: dict[str, Any]
+
+
 class StreamCounters(msgspec.Struct, omit_defaults=True):
     """Per-stream numbers a stage reports in its heartbeat; each stage fills the fields it owns."""
 
@@ -174,7 +195,8 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
     outboxes: dict[str, OutboxCounters] = msgspec.field(default_factory=dict)  # sinks stage: sink name -> outbox
 
 
-PipelineMessage = Union[FrameReady, StreamEnd, Detections, TrackedFrame, LineCrossing, ZoneEvent, CountUpdate]
+PipelineMessage = Union[FrameReady, StreamEnd, StreamRemoved, PipelineSet, Detections, TrackedFrame, LineCrossing,
+                        ZoneEvent, CountUpdate]
 
 encoder = msgspec.msgpack.Encoder()
 pipeline_decoder = msgspec.msgpack.Decoder(PipelineMessage)

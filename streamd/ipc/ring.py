@@ -62,8 +62,9 @@ class FrameMeta:
     width: int
 
 
-def ring_name(owner_pid: int, stream: str) -> str:
-    return f"{PREFIX}{owner_pid}-{stream}"
+def ring_name(owner_pid: int, stream: str, generation: int = 0) -> str:
+    """Name of a stream's ring; a stream restarted by a reload gets the next generation, a new ring."""
+    return f"{PREFIX}{owner_pid}-{stream}" + (f".{generation}" if generation else "")
 
 
 class FrameRing:

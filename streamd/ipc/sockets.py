@@ -32,6 +32,11 @@ class Endpoints:
     def sinks(self) -> str:
         return f"ipc://{self.runtime_dir}/sinks"
 
+    @property
+    def preview(self) -> str:
+        """analytics PUB -> API SUB: tracked frames for the live preview (dropped when nobody subscribes)."""
+        return f"ipc://{self.runtime_dir}/preview"
+
 
 def model_key(model_path: str) -> str:
     """Short stable id of a model file path, used to name its inference stage and endpoint."""
