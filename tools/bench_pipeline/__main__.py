@@ -1,0 +1,215 @@
+"""python -m tools.bench_pipeline: streamd beside what users would otherwise run, one model, same videos, one run.
+
+  python -m tools.bench_pipeline                       # S1, S2 (1 2 4 8 streams), S3 and the limits (~15 min)
+  python -m tools.bench_pipeline --smoke               # everything on tiny inputs (about a minute)
+  python -m tools.bench_pipeline --scenarios s2 --systems streamd plain --streams 1 4 --repeats 3
+
+Systems: streamd (`streamd run CONFIG`, results from its zmq sink), ultralytics
+(`YOLO(model).track(..., stream=True)`, a `.streams` file for live sources; needs the training
+interpreter: .venv-train or STREAMD_TRAIN_PYTHON), plain (OpenCV + ONNX Runtime + ByteTrack in one
+loop), and the limits (decode only; ONNX Runtime alone at its best batch size).
+
+Scenarios: s1 one live RTSP camera, 720p 30 fps: latency p50/p99 and drops. s2 1..N live cameras at
+15 fps: fps, drops, latency, CPU, peak memory, most streams held (p99 < 50 ms, drops < 1 %). s3 files,
+every frame, as fast as possible: fps against the limits. Live cameras are a real RTSP server on
+127.0.0.1 (GStreamer, system python) playing conveyor scenes that the model detects.
+
+Writes OUT/results.json (every run, medians, goals, machine and load average), results.md, runs.csv
+and bench_s2_scale.png. Every figure comes from this run; timings vary between runs and machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tools.bench_pipeline import limits as limits_mod
+from tools.bench_pipeline import report
+from tools.bench_pipeline.media import ClipSpec, clip, frame_count
+from tools.bench_pipeline.measure import live_stats, load_average, machine_info, throughput_stats
+from tools.bench_pipeline.systems import (
+    REPO, SYSTEMS, Job, RtspServer, rtsp_available, run_job, scratch_dir, train_python,
+)
+
+SCENARIOS = ("s1", "s2", "s3", "limits")
+DEFAULT_MODEL = REPO / "streamd" / "models" / "conveyor.onnx"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="results folder (default out/bench-pipeline/<date-time>)")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="ONNX model every system runs (default: the bundled conveyor model, 320 px)")
+    parser.add_argument("--imgsz", type=int, default=320, help="model input size in pixels (square)")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8], help="S2 stream counts")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per live run")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of frames ignored at the start of a live run")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per (scenario, system, streams); medians reported")
+    parser.add_argument("--s1-size", type=int, nargs=2, default=[1280, 720], metavar=("W", "H"))
+    parser.add_argument("--s1-fps", type=int, default=30)
+    parser.add_argument("--s2-size", type=int, nargs=2, default=[640, 360], metavar=("W", "H"))
+    parser.add_argument("--s2-fps", type=int, default=15)
+    parser.add_argument("--s3-files", type=int, default=2, help="S3: files processed together")
+    parser.add_argument("--s3-seconds", type=float, default=20.0, help="S3: length of each file (30 fps)")
+    parser.add_argument("--ort-batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--ort-runs", type=int, default=60)
+    parser.add_argument("--cache", type=Path, default=REPO / "out" / "bench-pipeline" / "clips",
+                        help="rendered clips are kept here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny inputs, one stream count, short runs: checks the harness, not speed")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.streams, args.duration, args.warmup, args.repeats = [1], 2.0, 1.0, 1
+        args.s1_size, args.s2_size, args.s3_files, args.s3_seconds = [320, 180], [320, 180], 1, 2.0
+        args.ort_batches, args.ort_runs = [1, 2], 3
+    if args.out is None:
+        args.out = REPO / "out" / "bench-pipeline" / time.strftime("%Y%m%d-%H%M%S")
+    return args
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def live_seconds(args: argparse.Namespace) -> float:
+    """Length of the RTSP clips: the measured window plus room for the slowest system's start-up."""
+    return args.warmup + args.duration + (20.0 if args.smoke else 40.0)
+
+
+def run_one(args: argparse.Namespace, scenario: str, system: str, sources: list[str], live: bool, size: tuple[int, int],
+            fps: float, frames_in_files: int, repeat: int, train: str | None) -> dict[str, Any]:
+    work = scratch_dir(args.out / "work", f"{scenario}-{system}-{len(sources)}-r{repeat}")
+    job = Job(system, sources, args.model, args.imgsz, live, args.warmup, args.duration, work,
+              timeout_s=(args.warmup + args.duration + 180) if live else 900, max_batch=max(1, min(len(sources), 8)),
+              train_python=train)
+    row: dict[str, Any] = {"scenario": scenario, "system": system, "streams": len(sources), "repeat": repeat}
+    try:
+        outcome = run_job(job, *size)
+    except Exception as exc:  # one failed run is reported, the others still run
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        row["traceback"] = traceback.format_exc()[-2000:]
+        return row
+    run = outcome.run
+    stats = live_stats(run, fps, args.warmup, args.duration) if live else throughput_stats(run, frames_in_files)
+    window = stats.pop("window_ns")
+    row.update(stats)
+    row.update({"cpu_pct": outcome.monitor.cpu_pct(*window), "peak_rss_mb": outcome.monitor.peak_rss_mb(),
+                "wall_s": round(outcome.wall_s, 1), "frames_decoded": run.decoded, "error": run.error,
+                "extra": run.extra})
+    if not run.records and not row["error"]:
+        row["error"] = "no frames processed"
+    if row["error"]:
+        row["log_tail"] = outcome.log_tail
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.model.is_file():
+        print(f"error: --model {args.model} does not exist", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    systems = list(dict.fromkeys(args.systems))
+    skipped: dict[str, str] = {}
+    train = train_python() if "ultralytics" in systems else None
+    if "ultralytics" in systems and train is None:
+        skipped["ultralytics"] = ("no interpreter with ultralytics and lap (pip install -e '.[train]' into "
+                                  ".venv-train, or set STREAMD_TRAIN_PYTHON)")
+        systems.remove("ultralytics")
+    live_scenarios = [s for s in args.scenarios if s in ("s1", "s2")]
+    if live_scenarios:
+        why = rtsp_available()
+        if why:
+            print(f"error: scenarios {' '.join(live_scenarios)} need the RTSP server: {why}", file=sys.stderr)
+            return 1
+    meta: dict[str, Any] = {
+        "argv": list(argv if argv is not None else sys.argv[1:]), "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": git_commit(), "machine": machine_info(), "load_start": load_average(), "systems": systems,
+        "skipped": skipped, "model": str(args.model.resolve().relative_to(REPO)) if args.model.resolve().is_relative_to(REPO)
+        else str(args.model), "imgsz": args.imgsz, "repeats": args.repeats, "warmup_s": args.warmup,
+        "duration_s": args.duration, "train_python": train, "smoke": args.smoke,
+    }
+    s1_spec = ClipSpec(*args.s1_size, args.s1_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)
+    s2_spec = ClipSpec(*args.s2_size, args.s2_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)
+    s3_spec = ClipSpec(*args.s2_size, 30, args.s3_seconds, unit_seconds=min(8.0, args.s3_seconds))
+    meta["s1_clip"] = f"{s1_spec.width}x{s1_spec.height} at {s1_spec.fps} fps"
+    meta["s2_clip"] = f"{s2_spec.width}x{s2_spec.height} at {s2_spec.fps} fps"
+    meta["s3_clip"] = f"{s3_spec.width}x{s3_spec.height}, {s3_spec.seconds:g} s at 30 fps each"
+    meta["s3_files"] = args.s3_files
+    runs: list[dict[str, Any]] = []
+    limits: dict[str, Any] = {}
+
+    s3_file = clip(s3_spec, args.cache) if ("s3" in args.scenarios or "limits" in args.scenarios) else None
+    s1_file = clip(s1_spec, args.cache) if "s1" in args.scenarios else None
+    s2_file = clip(s2_spec, args.cache) if "s2" in args.scenarios else None
+
+    plan: list[tuple[str, int, int, str]] = []  # scenario, streams, repeat, system
+    for repeat in range(args.repeats):
+        if "s1" in args.scenarios:
+            plan += [("s1", 1, repeat, s) for s in systems]
+        if "s2" in args.scenarios:
+            plan += [("s2", n, repeat, s) for n in sorted(set(args.streams)) for s in systems]
+        if "s3" in args.scenarios:
+            plan += [("s3", args.s3_files, repeat, s) for s in systems]
+    progress = tqdm(total=len(plan) + ("limits" in args.scenarios), desc="bench", unit="run")
+    if "limits" in args.scenarios and s3_file is not None:
+        progress.set_postfix_str("limits")
+        limits["decode"] = [limits_mod.decode_fps(s3_file)]
+        limits["decode_s3"] = limits["decode"][0]
+        if s1_file is not None:
+            limits["decode"].append(limits_mod.decode_fps(s1_file, "SLICE", max_frames=300))
+        frames = limits_mod.sample_frames(s3_file, 16)
+        limits["ort"] = limits_mod.ort_limit(args.model, frames, args.ort_batches, args.ort_runs,
+                                             warmup=max(2, args.ort_runs // 10))
+        progress.update(1)
+    s3_frames = frame_count(s3_file) * args.s3_files if s3_file is not None else 0
+    for scenario, n, repeat, system in plan:
+        progress.set_postfix_str(f"{scenario} {system} x{n} r{repeat}")
+        if scenario == "s3":
+            assert s3_file is not None
+            row = run_one(args, scenario, system, [str(s3_file)] * n, False, tuple(args.s2_size), 30.0, s3_frames,
+                          repeat, train)
+        else:
+            file = s1_file if scenario == "s1" else s2_file
+            spec = s1_spec if scenario == "s1" else s2_spec
+            assert file is not None
+            with RtspServer(file, n) as server:
+                row = run_one(args, scenario, system, server.urls, True, (spec.width, spec.height), spec.fps, 0,
+                              repeat, train)
+        runs.append(row)
+        progress.update(1)
+        if row.get("error"):
+            tqdm.write(f"{scenario} {system} x{n}: {row['error']}", file=sys.stderr)
+    progress.close()
+    meta["load_end"] = load_average()
+    meta["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    result = {"meta": meta, "limits": limits, "runs": runs,
+              "summary": report.summarise(runs, limits, systems)}
+    written = report.write_all(result, args.out, float(args.s2_fps))
+    print(report.markdown(result))
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    shutil.rmtree(args.out / "work", ignore_errors=True) if not any(r.get("error") for r in runs) else None
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""What every system is measured with: per-frame records, a process-tree CPU/memory sampler, machine facts.
+
+A record is ``(stream index, t_decoded_ns, t_done_ns)`` in CLOCK_MONOTONIC nanoseconds, which is one
+clock for every process on the host, so a frame decoded in one process and published by another is
+timed without any clock correction. "Decoded" is when the system's decoder handed the frame over;
+"done" is when its tracked result was published (streamd: received by a ZeroMQ subscriber of its
+`zmq` sink; the other systems: serialised in-process, as their users would send it on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+Record = tuple[int, int, int]  # stream index, t_decoded_ns, t_done_ns
+
+
+@dataclass
+class RunRecords:
+    """What one run of one system produced; written as JSON by the runner subprocesses."""
+
+    system: str
+    streams: int
+    records: list[Record] = field(default_factory=list)
+    decoded: list[int] = field(default_factory=list)  # frames each stream's decoder produced
+    started_ns: int = 0  # first frame seen (measurement windows start from here)
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"system": self.system, "streams": self.streams, "records": self.records,
+                                    "decoded": self.decoded, "started_ns": self.started_ns, "error": self.error,
+                                    "extra": self.extra}))
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecords:
+        d = json.loads(path.read_text())
+        return cls(d["system"], d["streams"], [tuple(r) for r in d["records"]], d["decoded"], d["started_ns"],
+                   d.get("error"), d.get("extra", {}))
+
+
+def latency_stats(latencies_ms: np.ndarray) -> dict[str, float | None]:
+    if latencies_ms.size == 0:
+        return {"latency_p50_ms": None, "latency_p99_ms": None, "latency_max_ms": None}
+    return {"latency_p50_ms": round(float(np.percentile(latencies_ms, 50)), 2),
+            "latency_p99_ms": round(float(np.percentile(latencies_ms, 99)), 2),
+            "latency_max_ms": round(float(latencies_ms.max()), 2)}
+
+
+def live_stats(run: RunRecords, fps: float, warmup_s: float, duration_s: float) -> dict[str, Any]:
+    """Live sources: frames decoded in [start + warmup, start + warmup + duration] of every stream.
+
+    ``drop_pct`` compares the frames processed in the window with the frames the cameras sent in it
+    (fps x duration x streams): a frame dropped by any part (decoder too slow, newest-frame policy,
+    a stream stalled) counts, whatever the system calls it.
+    """
+    t0 = run.started_ns + int(warmup_s * 1e9)
+    t1 = t0 + int(duration_s * 1e9)
+    rec = np.asarray(run.records, dtype=np.int64).reshape(-1, 3)
+    rec = rec[(rec[:, 1] >= t0) & (rec[:, 1] < t1)]
+    expected = fps * duration_s * run.streams
+    processed = int(rec.shape[0])
+    per_stream = [int((rec[:, 0] == i).sum()) for i in range(run.streams)]
+    return {
+        "frames_processed": processed, "frames_expected": int(round(expected)),
+        "fps_processed": round(processed / duration_s, 2),
+        "drop_pct": round(max(0.0, 100.0 * (1 - processed / expected)), 2) if expected else None,
+        "min_stream_fps": round(min(per_stream) / duration_s, 2) if per_stream else 0.0,
+        **latency_stats((rec[:, 2] - rec[:, 1]) / 1e6),
+        "window_ns": [t0, t1],
+    }
+
+
+def throughput_stats(run: RunRecords, frames_in_files: int) -> dict[str, Any]:
+    """Files, every frame, as fast as possible: frames per second from the first decode to the last result."""
+    rec = np.asarray(run.records, dtype=np.int64).reshape(-1, 3)
+    if rec.shape[0] == 0:
+        return {"frames_processed": 0, "frames_in_files": frames_in_files, "seconds": None, "fps_processed": None,
+                "missing_frames": frames_in_files, **latency_stats(np.empty(0)), "window_ns": [0, 0]}
+    start, end = int(rec[:, 1].min()), int(rec[:, 2].max())
+    seconds = (end - start) / 1e9
+    return {"frames_processed": int(rec.shape[0]), "frames_in_files": frames_in_files, "seconds": round(seconds, 3),
+            "fps_processed": round(rec.shape[0] / seconds, 2) if seconds > 0 else None,
+            "missing_frames": max(0, frames_in_files - int(rec.shape[0])),
+            **latency_stats((rec[:, 2] - rec[:, 1]) / 1e6), "window_ns": [start, end]}
+
+
+class TreeMonitor:
+    """Samples CPU seconds and RSS of a process and all its descendants, in a thread, twice a second.
+
+    CPU is summed from each process's own user+system time (its last sample stays counted after it
+    exits), so ``cpu_pct(t0, t1)`` is the tree's CPU use in a window, in % of one core.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.5):
+        self.root = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.samples: list[tuple[int, float, int]] = []  # t_ns, cpu seconds so far, rss bytes now
+        self._cpu: dict[int, float] = {}
+        self._procs: dict[int, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-monitor", daemon=True)
+
+    def __enter__(self) -> TreeMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = 0
+        for p in procs:
+            proc = self._procs.setdefault(p.pid, p)  # keep one Process object per pid (cheaper, stable)
+            try:
+                with proc.oneshot():
+                    t = proc.cpu_times()
+                    self._cpu[p.pid] = t.user + t.system
+                    rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        self.samples.append((time.monotonic_ns(), sum(self._cpu.values()), rss))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+        self._sample()
+
+    def cpu_pct(self, t0_ns: int, t1_ns: int) -> float | None:
+        inside = [s for s in self.samples if t0_ns <= s[0] <= t1_ns]
+        if len(inside) < 2:
+            return None
+        (ta, ca, _), (tb, cb, _) = inside[0], inside[-1]
+        return round(100.0 * (cb - ca) / ((tb - ta) / 1e9), 1) if tb > ta else None
+
+    def peak_rss_mb(self) -> float | None:
+        return round(max(s[2] for s in self.samples) / 2**20, 1) if self.samples else None
+
+
+def machine_info() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "onnxruntime": onnxruntime.__version__}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]

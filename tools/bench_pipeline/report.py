@@ -1,0 +1,227 @@
+"""Turning runs into the published result: medians over repeats, goals, JSON, Markdown, CSV and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+RUN_FIELDS = ["scenario", "system", "streams", "repeat", "fps_processed", "drop_pct", "latency_p50_ms",
+              "latency_p99_ms", "latency_max_ms", "cpu_pct", "peak_rss_mb", "frames_processed", "frames_expected",
+              "frames_in_files", "seconds", "wall_s", "error"]
+METRICS = ["fps_processed", "drop_pct", "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "cpu_pct",
+           "peak_rss_mb", "frames_processed", "seconds"]
+HOLD_P99_MS = 50.0
+HOLD_DROP_PCT = 1.0
+
+
+def _median(values: list[Any]) -> float | None:
+    nums = [v for v in values if isinstance(v, (int, float))]
+    return round(statistics.median(nums), 2) if nums else None
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(scenario, system, streams) -> median of every metric over the repeats, the repeats' errors."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["scenario"], run["system"], run["streams"]), []).append(run)
+    out = {}
+    for key, group in groups.items():
+        ok = [r for r in group if not r.get("error")]
+        out[key] = {m: _median([r.get(m) for r in ok]) for m in METRICS}
+        out[key]["repeats"] = len(ok)
+        out[key]["errors"] = [r["error"] for r in group if r.get("error")]
+    return out
+
+
+def holds(row: dict[str, Any]) -> bool:
+    return (row["repeats"] > 0 and row["latency_p99_ms"] is not None and row["latency_p99_ms"] < HOLD_P99_MS
+            and row["drop_pct"] is not None and row["drop_pct"] < HOLD_DROP_PCT)
+
+
+def summarise(runs: list[dict[str, Any]], limits: dict[str, Any], systems: list[str]) -> dict[str, Any]:
+    agg = aggregate(runs)
+    summary: dict[str, Any] = {"s1": {}, "s2": {}, "s3": {}}
+    for (scenario, system, streams), row in sorted(agg.items()):
+        if scenario == "s1":
+            summary["s1"][system] = row
+        elif scenario == "s2":
+            summary["s2"].setdefault(system, {})[str(streams)] = row
+        elif scenario == "s3":
+            summary["s3"][system] = dict(row, streams=streams)
+    tested = sorted({int(n) for rows in summary["s2"].values() for n in rows})
+    summary["s2_max_streams"] = {
+        system: max([int(n) for n, row in rows.items() if holds(row)], default=0)
+        for system, rows in summary["s2"].items()}
+    summary["s2_streams_tested"] = tested
+    ort = (limits.get("ort") or {}).get("fps_model_only")
+    ort_e2e = (limits.get("ort") or {}).get("fps_end_to_end")
+    decode = (limits.get("decode_s3") or {}).get("fps")
+    plain = summary["s3"].get("plain", {}).get("fps_processed")
+    for row in summary["s3"].values():
+        fps = row.get("fps_processed")
+        row["pct_of_ort_limit"] = round(100 * fps / ort, 1) if fps and ort else None
+        row["pct_of_ort_end_to_end"] = round(100 * fps / ort_e2e, 1) if fps and ort_e2e else None
+        row["pct_of_decode_limit"] = round(100 * fps / decode, 1) if fps and decode else None
+        row["x_plain_loop"] = round(fps / plain, 2) if fps and plain else None
+    summary["goals"] = goals(summary, systems)
+    return summary
+
+
+def goals(summary: dict[str, Any], systems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    s1 = summary["s1"].get("streamd")
+    if s1:
+        p99 = s1.get("latency_p99_ms")
+        out["s1_p99_le_50ms"] = {"value_ms": p99, "met": p99 is not None and p99 <= 50.0
+                                 and (s1.get("drop_pct") or 0) < HOLD_DROP_PCT, "drop_pct": s1.get("drop_pct")}
+    held = summary["s2_max_streams"]
+    if "streamd" in held:
+        others = {s: n for s, n in held.items() if s != "streamd"}
+        best = max(others.values(), default=None)
+        top = max(summary["s2_streams_tested"], default=0)
+        out["s2_2x_streams_of_best_alternative"] = {
+            "streamd": held["streamd"], "best_alternative": best,
+            "alternatives": others, "ratio": round(held["streamd"] / best, 2) if best else None,
+            "met": best is not None and held["streamd"] > 0 and held["streamd"] >= 2 * best,
+            "note": (f"streamd held the largest count tested ({top}); its real limit may be higher"
+                     if held["streamd"] == top and top else None)}
+    s3 = summary["s3"].get("streamd")
+    if s3:
+        pct = s3.get("pct_of_ort_limit")
+        out["s3_85pct_of_ort_limit"] = {"pct": pct, "met": pct is not None and pct >= 85.0,
+                                        "pct_of_ort_end_to_end": s3.get("pct_of_ort_end_to_end")}
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta, summary, limits = result["meta"], result["summary"], result["limits"]
+    m = meta["machine"]
+    parts = [
+        "# Pipeline benchmark", "",
+        f"`python -m tools.bench_pipeline {' '.join(meta['argv'])}` — {meta['started_at']}, commit "
+        f"{meta.get('commit') or '?'}; {m['cpu']}, {m['logical_cores']} logical cores, {m['memory_gb']} GB; "
+        f"onnxruntime {m['onnxruntime']}. Load average (1, 5, 15 min) at start {meta['load_start']}, at end "
+        f"{meta['load_end']}. Model `{meta['model']}` at {meta['imgsz']} px, same file for every system. "
+        f"Medians over {meta['repeats']} repeat(s); {meta['warmup_s']} s warm-up then {meta['duration_s']} s "
+        "measured per live run.", "",
+        "Latency: frame decoded → tracked result published. Drops: frames the cameras sent in the window "
+        "but the system never published. CPU: % of one core, whole process tree.", "",
+    ]
+    live_header = ["system", "fps", "drop %", "p50 ms", "p99 ms", "max ms", "CPU %", "peak RSS MB", "errors"]
+    if summary["s1"]:
+        parts += [f"## S1 latency: one live RTSP source, {meta['s1_clip']}", "",
+                  _table(live_header, [[s, r["fps_processed"], r["drop_pct"], r["latency_p50_ms"],
+                                        r["latency_p99_ms"], r["latency_max_ms"], r["cpu_pct"], r["peak_rss_mb"],
+                                        "; ".join(r["errors"]) or ""] for s, r in summary["s1"].items()]), ""]
+    if summary["s2"]:
+        rows = []
+        for system, by_n in summary["s2"].items():
+            for n, r in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+                rows.append([system, n, r["fps_processed"], r["drop_pct"], r["latency_p50_ms"], r["latency_p99_ms"],
+                             r["cpu_pct"], r["peak_rss_mb"], "yes" if holds(r) else "no",
+                             "; ".join(r["errors"]) or ""])
+        held = ", ".join(f"{s} {n}" for s, n in summary["s2_max_streams"].items())
+        parts += [f"## S2 scale: live RTSP sources, {meta['s2_clip']}", "",
+                  _table(["system", "streams", "fps", "drop %", "p50 ms", "p99 ms", "CPU %", "peak RSS MB",
+                          f"holds (p99 < {HOLD_P99_MS:g} ms, drops < {HOLD_DROP_PCT:g} %)", "errors"], rows), "",
+                  f"Most streams held: {held}.", ""]
+    if summary["s3"]:
+        parts += [f"## S3 throughput: {meta['s3_files']} file(s), every frame, as fast as possible, {meta['s3_clip']}",
+                  "", _table(["system", "fps", "% of ORT limit", "% of ORT end-to-end", "% of decode limit",
+                              "x plain loop", "p99 ms", "CPU %", "peak RSS MB", "errors"],
+                             [[s, r["fps_processed"], r["pct_of_ort_limit"], r["pct_of_ort_end_to_end"],
+                               r["pct_of_decode_limit"], r["x_plain_loop"], r["latency_p99_ms"], r["cpu_pct"],
+                               r["peak_rss_mb"], "; ".join(r["errors"]) or ""] for s, r in summary["s3"].items()]),
+                  ""]
+    if limits:
+        parts += ["## Limits", ""]
+        rows = [[f"decode only ({d['clip']}, {d['thread_type']} threads)", d["fps"]]
+                for d in limits.get("decode", [])]
+        ort = limits.get("ort")
+        if ort:
+            rows += [[f"ONNX Runtime, batch {r['batch']}, {ort['threads']} threads: model only / with pre+post",
+                      f"{r['model_images_per_s']} / {r['images_per_s']}"] for r in ort["by_batch"]]
+            rows.append([f"ORT limit (best batch {ort['best_batch']}, model only)", ort["fps_model_only"]])
+        parts += [_table(["limit", "frames/s"], rows), ""]
+    if summary["goals"]:
+        g = summary["goals"]
+        rows = []
+        if "s1_p99_le_50ms" in g:
+            rows.append(["S1 streamd p99 ≤ 50 ms (drops < 1 %)", f"{_fmt(g['s1_p99_le_50ms']['value_ms'])} ms",
+                         "met" if g["s1_p99_le_50ms"]["met"] else "not met"])
+        if "s2_2x_streams_of_best_alternative" in g:
+            x = g["s2_2x_streams_of_best_alternative"]
+            rows.append(["S2 streamd streams ≥ 2× best alternative",
+                         f"{x['streamd']} vs {x['best_alternative']}" + (f" ({x['note']})" if x["note"] else ""),
+                         "met" if x["met"] else "not met"])
+        if "s3_85pct_of_ort_limit" in g:
+            rows.append(["S3 streamd ≥ 85 % of ORT limit", f"{_fmt(g['s3_85pct_of_ort_limit']['pct'])} %",
+                         "met" if g["s3_85pct_of_ort_limit"]["met"] else "not met"])
+        parts += ["## Goals", "", _table(["goal", "measured", "result"], rows), ""]
+    if meta.get("skipped"):
+        parts += ["Skipped: " + "; ".join(f"{k}: {v}" for k, v in meta["skipped"].items()), ""]
+    return "\n".join(parts)
+
+
+def write_csv(runs: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(runs)
+
+
+def plots(summary: dict[str, Any], out: Path, fps: float) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if summary["s2"]:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for system, by_n in summary["s2"].items():
+            ns = sorted(int(n) for n in by_n)
+            p99 = [by_n[str(n)]["latency_p99_ms"] for n in ns]
+            got = [by_n[str(n)]["fps_processed"] for n in ns]
+            ax1.plot(ns, [v if v is not None else float("nan") for v in p99], "o-", label=system)
+            ax2.plot(ns, [v if v is not None else float("nan") for v in got], "o-", label=system)
+        ns = summary["s2_streams_tested"]
+        ax1.axhline(HOLD_P99_MS, color="grey", ls="--", lw=1, label=f"{HOLD_P99_MS:g} ms goal")
+        ax2.plot(ns, [fps * n for n in ns], color="grey", ls="--", lw=1, label="all frames")
+        ax1.set(xlabel="live streams", ylabel="latency p99 (ms)", yscale="log", title="S2 latency p99 vs streams",
+                xticks=ns)
+        ax2.set(xlabel="live streams", ylabel="frames/s processed", title="S2 processed fps vs streams", xticks=ns)
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / "bench_s2_scale.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_all(result: dict[str, Any], out: Path, fps: float) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "results.md").write_text(markdown(result))
+    write_csv(result["runs"], out / "runs.csv")
+    return [out / "results.json", out / "results.md", out / "runs.csv", *plots(result["summary"], out, fps)]
