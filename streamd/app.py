@@ -20,7 +20,8 @@ from streamd.config.diff import ConfigDiff, diff_configs
 from streamd.config.loader import LoadedConfig, load_config
 from streamd.config.models import DaemonConfig, PipelineConfig, StreamConfig
 from streamd.analytics.store import CountStore
-from streamd.errors import ConfigError, ModelError
+from streamd.api import snapshot as snapshots
+from streamd.errors import ConfigError, ModelError, RingError
 from streamd.infer.classnames import class_index
 from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
@@ -30,6 +31,7 @@ from streamd.ipc.messages import PipelineSet, StreamRemoved, encoder
 from streamd.ipc.sockets import Endpoints, model_key
 from streamd.redact import redact
 from streamd.runtime.stage import StageSpec
+from streamd.runtime.sd_notify import SystemdNotifier
 from streamd.runtime.supervisor import Supervisor
 
 log = structlog.get_logger()
@@ -98,6 +100,11 @@ class Daemon:
         self.reload_status: dict[str, Any] = {"ok": True, "reloads": 0, "failures": 0}
         self._control_out: dict[str, zmq.Socket] = {}  # endpoint -> PUSH, for control messages to stages
         self._config_stamp = self._stamp()
+        self.snapshot: dict[str, Any] = {"t": time.time(), "ready": False, "streams": {}}
+        self._fps = snapshots.FrameRate()
+        self._ring_views: dict[str, FrameRing] = {}  # stream -> its ring attached read-only, for queue depth
+        self.api: Any = None  # ApiServer once started
+        self.systemd = SystemdNotifier()
 
     def request_stop(self, *_: Any) -> None:
         self._stop_requested = True
@@ -173,6 +180,30 @@ class Daemon:
             if stream.name in self.failed_streams:
                 continue
             self._start_stream(stream, pipelines[stream.pipeline])
+        self._start_api()
+
+    def _start_api(self) -> None:
+        api = self.config.api
+        if not api.enabled:
+            return
+        from streamd.api.preview import PreviewHub  # the API's imports (starlette, uvicorn) only when it runs
+        from streamd.api.server import ApiServer, build_app
+
+        assert self._ctx is not None
+        hub = PreviewHub(self._ctx, self.endpoints.preview, self._pipeline_of, lambda: self.snapshot)
+        server = ApiServer(build_app(self, hub, api.token), api)
+        if server.start():
+            self.api = server
+            log.info("api_listening", url=f"http://{api.host}:{server.port}/", preview=f"http://{api.host}:{server.port}/")
+        else:
+            log.error("api_unavailable", host=api.host, port=api.port,
+                      reason="could not bind (port in use?); the pipeline runs on without the HTTP API")
+
+    def _pipeline_of(self, stream: str) -> PipelineConfig | None:
+        for s in self.config.active_streams:
+            if s.name == stream and s.pipeline in self.pipelines:
+                return self.pipelines[s.pipeline].config
+        return None
 
     def _start_stream(self, stream: StreamConfig, pipeline: ResolvedPipeline) -> None:
         assert self.supervisor is not None
@@ -196,6 +227,9 @@ class Daemon:
         assert self.supervisor is not None
         self.supervisor.stop_stage(f"decode-{stream.name}", remove=True)
         ring = self.rings.pop(stream.name, None)
+        view = self._ring_views.pop(stream.name, None)
+        if view is not None:
+            view.close()
         pipeline = self.pipelines.get(stream.pipeline)
         if ring is not None and pipeline is not None:
             self._control(self.endpoints.inference(pipeline.model_key),
@@ -250,7 +284,9 @@ class Daemon:
             self.reload_status.update(ok=True, error=None, changes={}, **status)
             log.info("reload_no_change", reason=reason)
             return self.reload_status
+        self.systemd.reloading()
         self._apply(loaded, change, resolved)
+        self.systemd.ready(status=f"reloaded: {change.summary()}")
         self.reload_status.update(ok=True, error=None, changes=change.summary(),
                                   reloads=self.reload_status["reloads"] + 1, **status)
         log.info("reload_applied", reason=reason, **change.summary())
@@ -302,8 +338,14 @@ class Daemon:
         code = 1
         try:
             self._start()
+            self.systemd.ready(status=f"{len(self.rings)} streams running")
             code = self._watch()
         finally:
+            self.systemd.stopping()
+            if self.api is not None:
+                self.api.stop()
+            for view in self._ring_views.values():
+                view.close()
             if self.supervisor is not None:
                 self.supervisor.stop_all()  # ordered drain; stages send a last heartbeat as they exit
                 self.final_counters = self.supervisor.stream_counters()
@@ -322,6 +364,8 @@ class Daemon:
         stats_interval = self.config.supervisor.stats_interval_s
         next_stats = time.monotonic() + stats_interval
         next_file_check = time.monotonic() + 1.0
+        watchdog_every = self.systemd.watchdog_interval()
+        next_watchdog = time.monotonic()
         previous: dict[str, int] = {}
         previous_t = time.monotonic()
         while not self._stop_requested:
@@ -341,6 +385,10 @@ class Daemon:
             counters = self.stream_counters()
             if self.on_tick is not None:
                 self.on_tick(counters)
+            self._publish_snapshot(counters, now)
+            if watchdog_every is not None and now >= next_watchdog:
+                self.systemd.watchdog()
+                next_watchdog = now + watchdog_every
             running = [s for s in self.config.active_streams if s.name in self.rings]
             finite = {s.name for s in running if s.is_finite}
             live = {s.name for s in running if not s.is_finite}
@@ -363,6 +411,33 @@ class Daemon:
                 log.error("all_streams_failed", failed=self.failed_streams)
                 return 1
         return 0
+
+    def _publish_snapshot(self, counters: dict[str, dict[str, Any]], now: float) -> None:
+        assert self.supervisor is not None
+        sup = self.supervisor
+        fps = {name: self._fps.update(name, int(c.get("frames_analysed", 0)), now) for name, c in counters.items()}
+        self._fps.forget(set(counters))
+        stages = {name: {"state": h.state, "pid": h.process.pid if h.process is not None else None,
+                         "restarts": h.restarts, "critical": h.critical} for name, h in sup.stages.items()}
+        core_ready = all(h.heartbeat is not None and h.state == "running" for h in sup.stages.values() if h.critical)
+        heartbeats = {name: h.heartbeat for name, h in sup.stages.items() if h.heartbeat is not None}
+        self.snapshot = snapshots.build(self.config, counters, fps, dict(self.rings), self._queue_depths(), stages,
+                                        heartbeats, dict(self.failed_streams), self.reload_status, core_ready)
+
+    def _queue_depths(self) -> dict[str, int]:
+        depths = {}
+        for stream, name in self.rings.items():
+            view = self._ring_views.get(stream)
+            if view is None or view.name != name:
+                if view is not None:
+                    view.close()
+                    del self._ring_views[stream]
+                try:
+                    view = self._ring_views[stream] = FrameRing.attach(name)
+                except RingError:
+                    continue
+            depths[stream] = max(0, view.write_seq - view.released_seq)
+        return depths
 
     def stream_counters(self) -> dict[str, dict[str, Any]]:
         """Merged per-stream counters of the streams in the running config (removed ones drop out)."""

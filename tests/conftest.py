@@ -83,6 +83,9 @@ def clip(tmp_path: Path) -> Path:
 
 
 def write_config(path: Path, config: dict) -> Path:
+    """Write a daemon config; its HTTP API listens on a free port (logged as api_listening) unless set."""
+    if "streams" in config and "api" not in config:
+        config = {**config, "api": {"port": 0}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

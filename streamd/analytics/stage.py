@@ -16,6 +16,7 @@ from streamd.config.models import PipelineConfig
 from streamd.ipc import sockets
 from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, PipelineSet, StreamCounters, StreamEnd, StreamRemoved,
                                   Track, TrackedFrame, ZoneEvent, encoder, pipeline_decoder)
+from streamd.runtime.histogram import Histogram
 from streamd.runtime.stage import EXIT_OK, Stage
 
 
@@ -46,6 +47,7 @@ class AnalyticsStage(Stage):
         # per stream, recent (queue, infer, analyse) durations in ms: where the latency goes
         self.stage_ms: dict[str, deque[tuple[float, float, float]]] = {}
         self.duplicates = 0
+        self.stage_hist: dict[str, dict[str, Histogram]] = {}  # stream -> queue / infer / analyse
         self.last_frame: dict[str, tuple[int, float]] = {}  # stream -> (frame index, wall clock - stream time)
 
     def counters(self) -> dict[str, StreamCounters]:
@@ -60,6 +62,7 @@ class AnalyticsStage(Stage):
                 stage_p99_ms={"queue": round(float(p99[0]), 2), "infer": round(float(p99[1]), 2),
                               "analyse": round(float(p99[2]), 2)},
                 zone_occupancy=self._occupancy(stream) or None,
+                stage_hist={k: h.snapshot() for k, h in self.stage_hist.get(stream, {}).items()} or None,
             )
         return out
 
@@ -168,10 +171,12 @@ class AnalyticsStage(Stage):
         except zmq.Again:
             pass
         self.frames[msg.stream] = self.frames.get(msg.stream, 0) + 1
-        self.stage_ms.setdefault(msg.stream, deque(maxlen=1000)).append((
-            (msg.t_batched_ns - msg.t_decoded_ns) / 1e6, (msg.t_inferred_ns - msg.t_batched_ns) / 1e6,
-            (t_analysed - msg.t_inferred_ns) / 1e6,
-        ))
+        durations = ((msg.t_batched_ns - msg.t_decoded_ns) / 1e6, (msg.t_inferred_ns - msg.t_batched_ns) / 1e6,
+                     (t_analysed - msg.t_inferred_ns) / 1e6)
+        self.stage_ms.setdefault(msg.stream, deque(maxlen=1000)).append(durations)
+        hists = self.stage_hist.setdefault(msg.stream, {k: Histogram() for k in ("queue", "infer", "analyse")})
+        for key, value in zip(("queue", "infer", "analyse"), durations):
+            hists[key].observe(value)
 
     def _zone_event(self, stream: str, analytics: StreamAnalytics, zone: str, change: ZoneChange,
                     frame: tuple[int, float], t_decoded_ns: int = 0, t_analysed_ns: int = 0) -> ZoneEvent:

@@ -19,6 +19,7 @@ from streamd.ipc import sockets
 from streamd.ipc.messages import (Detections, FrameReady, PipelineSet, StreamCounters, StreamEnd, StreamRemoved, encoder,
                                   pipeline_decoder)
 from streamd.ipc.ring import FrameRing
+from streamd.runtime.histogram import BATCH_SIZE_BUCKETS, Histogram
 from streamd.runtime.stage import EXIT_OK, Stage
 
 
@@ -54,6 +55,8 @@ class InferenceStage(Stage):
         self.batches = 0
         self._batch_sizes: deque[int] = deque(maxlen=200)
         self._infer_ms: deque[float] = deque(maxlen=200)
+        self._infer_hist = Histogram()
+        self._batch_hist = Histogram(BATCH_SIZE_BUCKETS)
         self.log.info("inference_ready", model=p["model"], adapter=self.model.adapter.name,
                       input=list(self.model.input_hw), providers=self.model.providers,
                       static_batch=self.model.info.static_batch, classes=len(self.model.names))
@@ -70,6 +73,8 @@ class InferenceStage(Stage):
             "batches": self.batches,
             "mean_batch_size": float(np.mean(self._batch_sizes)) if self._batch_sizes else 0.0,
             "infer_ms_p50": float(np.median(self._infer_ms)) if self._infer_ms else 0.0,
+            "infer_hist": self._infer_hist.snapshot(),
+            "batch_hist": self._batch_hist.snapshot(),
         }
 
     def run(self) -> int:
@@ -172,9 +177,12 @@ class InferenceStage(Stage):
         tensor = to_tensor(self._pixels[:n], self.model.adapter.preprocess, self._tensor[:n])
         t0 = time.perf_counter()
         outputs = self.model.run(tensor)
-        self._infer_ms.append((time.perf_counter() - t0) * 1000)
+        infer_ms = (time.perf_counter() - t0) * 1000
+        self._infer_ms.append(infer_ms)
+        self._infer_hist.observe(infer_ms)
         self.batches += 1
         self._batch_sizes.append(n)
+        self._batch_hist.observe(n)
         for i, (item, meta, transform) in enumerate(zip(items, metas, transforms)):
             state = self.streams[item.stream]
             params = self.postprocess.get(state.pipeline, PostprocessParams())

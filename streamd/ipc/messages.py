@@ -165,6 +165,9 @@ class StreamCounters(msgspec.Struct, omit_defaults=True):
     stage_p99_ms: dict[str, float] | None = None  # queue (decoded->batched), infer, analyse
     line_counts: dict[str, int] | None = None  # "line/class/direction" -> all-time crossings (zones: zone/class/enter)
     zone_occupancy: dict[str, int] | None = None  # "zone/class" -> tracks inside now
+    # histograms (runtime/histogram.py buckets; counts per bucket + overflow, and the sum), for /metrics
+    latency_hist: tuple[list[int], float] | None = None  # end to end, decoded -> written by the sinks (ms)
+    stage_hist: dict[str, tuple[list[int], float]] | None = None  # queue / infer / analyse (ms)
     events_written: int | None = None
     drained: bool | None = None
 
@@ -192,6 +195,8 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
     batches: int = 0
     mean_batch_size: float = 0.0
     infer_ms_p50: float = 0.0
+    infer_hist: tuple[list[int], float] | None = None  # inference time per batch (ms)
+    batch_hist: tuple[list[int], float] | None = None  # frames per batch
     outboxes: dict[str, OutboxCounters] = msgspec.field(default_factory=dict)  # sinks stage: sink name -> outbox
 
 

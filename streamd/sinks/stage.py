@@ -22,7 +22,8 @@ import zmq
 
 from streamd.config.models import JsonlSinkConfig, MqttSinkConfig, WebhookSinkConfig, ZmqSinkConfig
 from streamd.ipc import sockets
-from streamd.ipc.messages import OutboxCounters, StreamCounters, StreamEnd, TrackedFrame, pipeline_decoder
+from streamd.ipc.messages import OutboxCounters, StreamCounters, StreamEnd, StreamRemoved, TrackedFrame, pipeline_decoder
+from streamd.runtime.histogram import Histogram
 from streamd.runtime.stage import EXIT_OK, Stage
 from streamd.sinks.base import EVENT_TYPES, SINK_MESSAGE_TYPES, Sink
 from streamd.sinks.jsonl import JsonlSink
@@ -77,6 +78,7 @@ class SinksStage(Stage):
         self.inbox = sockets.pull(self.ctx, self.spec.endpoints.sinks, hwm=10_000)
         self._json = msgspec.json.Encoder()
         self._latency_ms: dict[str, deque[float]] = {}
+        self._latency_hist: dict[str, Histogram] = {}
         self._events: dict[str, int] = {}
         self._drained: set[str] = set()
 
@@ -89,6 +91,7 @@ class SinksStage(Stage):
                 latency_p99_ms=round(float(np.percentile(values, 99)), 2),
                 events_written=self._events.get(stream, 0),
                 drained=stream in self._drained or None,
+                latency_hist=self._latency_hist[stream].snapshot() if stream in self._latency_hist else None,
             )
         for stream in self._drained - out.keys():
             out[stream] = StreamCounters(drained=True, events_written=self._events.get(stream, 0))
@@ -133,6 +136,11 @@ class SinksStage(Stage):
                 self.beat()
 
     def _handle(self, msg: Any) -> None:
+        if isinstance(msg, StreamRemoved):  # a reload removed or restarted the stream: its numbers start over
+            for table in (self._latency_ms, self._latency_hist, self._events):
+                table.pop(msg.stream, None)
+            self._drained.discard(msg.stream)
+            return
         if isinstance(msg, StreamEnd):
             for sink in self.sinks:
                 sink.flush()
@@ -148,5 +156,6 @@ class SinksStage(Stage):
         if isinstance(msg, EVENT_TYPES):
             self._events[msg.stream] = self._events.get(msg.stream, 0) + 1
         elif isinstance(msg, TrackedFrame):
-            window = self._latency_ms.setdefault(msg.stream, deque(maxlen=LATENCY_WINDOW))
-            window.append((time.monotonic_ns() - msg.t_decoded_ns) / 1e6)
+            latency_ms = (time.monotonic_ns() - msg.t_decoded_ns) / 1e6
+            self._latency_ms.setdefault(msg.stream, deque(maxlen=LATENCY_WINDOW)).append(latency_ms)
+            self._latency_hist.setdefault(msg.stream, Histogram()).observe(latency_ms)

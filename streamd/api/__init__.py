@@ -1,0 +1,1 @@
+"""HTTP API of the supervisor: health, readiness, stream status, counts, config, reload, metrics, live preview."""

@@ -1,0 +1,62 @@
+"""The daemon's state as the API sees it: one immutable dict, rebuilt by the supervisor's watch loop a few
+times a second and swapped in whole, so HTTP threads read it without locks."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from streamd.config.models import DaemonConfig
+from streamd.ipc.messages import Heartbeat
+from streamd.redact import redact
+
+FPS_WINDOW_S = 5.0
+
+
+class FrameRate:
+    """Frames per second of each stream over the last few seconds, from its growing frame counter."""
+
+    def __init__(self) -> None:
+        self._samples: dict[str, deque[tuple[float, int]]] = {}
+
+    def update(self, stream: str, frames: int, now: float) -> float:
+        samples = self._samples.setdefault(stream, deque(maxlen=64))
+        if samples and frames < samples[-1][1]:
+            samples.clear()  # the stream restarted: its counter started over
+        samples.append((now, frames))
+        while len(samples) > 2 and samples[0][0] < now - FPS_WINDOW_S:
+            samples.popleft()
+        (t0, f0), (t1, f1) = samples[0], samples[-1]
+        return round((f1 - f0) / (t1 - t0), 2) if t1 > t0 else 0.0
+
+    def forget(self, keep: set[str]) -> None:
+        for stream in list(self._samples):
+            if stream not in keep:
+                del self._samples[stream]
+
+
+def build(config: DaemonConfig, counters: dict[str, dict[str, Any]], fps: dict[str, float],
+          rings: dict[str, str], queue_depth: dict[str, int], stages: dict[str, dict[str, Any]],
+          heartbeats: dict[str, Heartbeat], failed: dict[str, str], reload_status: dict[str, Any],
+          ready: bool) -> dict[str, Any]:
+    streams = {}
+    for stream in config.active_streams:
+        c = counters.get(stream.name, {})
+        streams[stream.name] = {
+            "url": redact(stream.url), "kind": stream.kind, "pipeline": stream.pipeline,
+            "state": "failed" if stream.name in failed else c.get("state", "starting"),
+            "fps": fps.get(stream.name, 0.0),
+            "frames_decoded": c.get("frames_decoded", 0), "frames_analysed": c.get("frames_analysed", 0),
+            "dropped": {"stale": c.get("dropped_stale", 0), "overwritten": c.get("dropped_overwritten", 0)},
+            "reconnects": c.get("reconnects", 0),
+            "last_error": failed.get(stream.name) or c.get("last_error"),
+            "latency_p50_ms": c.get("latency_p50_ms"), "latency_p99_ms": c.get("latency_p99_ms"),
+            "stage_p99_ms": c.get("stage_p99_ms"),
+            "line_counts": c.get("line_counts") or {}, "zone_occupancy": c.get("zone_occupancy") or {},
+            "events": c.get("crossings", 0),
+            "queue_depth": queue_depth.get(stream.name),
+            "ring": rings.get(stream.name),
+        }
+    return {"t": time.time(), "ready": ready, "streams": streams, "stages": stages, "reload": dict(reload_status),
+            "counters": counters, "heartbeats": heartbeats}
