@@ -1,0 +1,122 @@
+"""tools.bench_pipeline: the --smoke run (every system, scenario and limit on tiny inputs) writes every field.
+
+Speed is never asserted: the machine is shared and timings vary. The run needs the GStreamer RTSP
+server (system python with gi) for the live scenarios, and the training interpreter for the
+ultralytics system; each skips with its reason when missing (fails under STREAMD_STRICT=1).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import require
+from tests.tools import needs
+from tools.bench_pipeline.__main__ import main as bench
+from tools.bench_pipeline.measure import RunRecords, live_stats, throughput_stats
+from tools.bench_pipeline.report import RUN_FIELDS
+from tools.bench_pipeline.systems import rtsp_available, train_python
+
+LIVE_FIELDS = ["fps_processed", "drop_pct", "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "cpu_pct",
+               "peak_rss_mb", "frames_processed", "frames_expected"]
+S3_FIELDS = ["fps_processed", "latency_p50_ms", "latency_p99_ms", "cpu_pct", "peak_rss_mb", "frames_processed",
+             "frames_in_files", "seconds"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    needs("matplotlib", "psutil")
+    why = rtsp_available()
+    require(why is None, f"the benchmark's live scenarios need the GStreamer RTSP server: {why}")
+    out = tmp_path_factory.mktemp("bench")
+    assert bench(["--smoke", "--out", str(out / "results"), "--cache", str(out / "clips")]) == 0
+    result = json.loads((out / "results" / "results.json").read_text())
+    return {"out": out / "results", "result": result}
+
+
+def _runs(result: dict[str, Any], system: str) -> dict[str, dict[str, Any]]:
+    return {r["scenario"]: r for r in result["runs"] if r["system"] == system}
+
+
+def _check_system(result: dict[str, Any], system: str) -> None:
+    runs = _runs(result, system)
+    assert set(runs) == {"s1", "s2", "s3"}, f"{system}: runs for {sorted(runs)}"
+    for scenario, run in runs.items():
+        assert run["error"] is None, f"{system} {scenario}: {run['error']}\n{run.get('log_tail', '')}"
+        for field in LIVE_FIELDS if scenario != "s3" else S3_FIELDS:
+            assert isinstance(run[field], (int, float)), f"{system} {scenario}: {field} = {run[field]!r}"
+        assert run["frames_processed"] > 0 and 0 < run["latency_p50_ms"] <= run["latency_p99_ms"]
+        assert run["peak_rss_mb"] > 10 and run["cpu_pct"] > 0
+    assert runs["s3"]["frames_processed"] == runs["s3"]["frames_in_files"], "S3 must process every frame"
+    summary = result["summary"]
+    assert summary["s1"][system]["latency_p99_ms"] == runs["s1"]["latency_p99_ms"]  # one repeat: median = the run
+    assert summary["s2"][system]["1"]["fps_processed"] == runs["s2"]["fps_processed"]
+    assert isinstance(summary["s2_max_streams"][system], int)
+    assert summary["s3"][system]["pct_of_ort_limit"] > 0 and summary["s3"][system]["x_plain_loop"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_smoke_streamd_plain_limits_and_outputs(smoke: dict[str, Any]) -> None:
+    result, out = smoke["result"], smoke["out"]
+    meta = result["meta"]
+    for key in ("machine", "load_start", "load_end", "commit", "started_at", "finished_at", "model", "imgsz"):
+        assert meta[key] is not None, key
+    assert len(meta["load_start"]) == 3 and meta["machine"]["logical_cores"] >= 1
+    _check_system(result, "streamd")
+    _check_system(result, "plain")
+    assert result["runs"][0]["extra"] is not None
+    streamd_s1 = _runs(result, "streamd")["s1"]["extra"]
+    assert streamd_s1["frames_analysed"] > 0 and streamd_s1["sinks_latency_p99_ms"] > 0  # read from its own logs
+    limits = result["limits"]
+    assert limits["decode"][0]["fps"] > 0 and limits["decode_s3"]["frames"] > 0
+    assert [r["batch"] for r in limits["ort"]["by_batch"]] == [1, 2]
+    assert limits["ort"]["fps_model_only"] == max(r["model_images_per_s"] for r in limits["ort"]["by_batch"])
+    goals = result["summary"]["goals"]
+    assert set(goals) == {"s1_p99_le_50ms", "s2_2x_streams_of_best_alternative", "s3_85pct_of_ort_limit"}
+    assert all(isinstance(g["met"], bool) for g in goals.values())
+    with (out / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == RUN_FIELDS and len(rows) == len(result["runs"])
+    md = (out / "results.md").read_text()
+    for heading in ("## S1 latency", "## S2 scale", "## S3 throughput", "## Limits", "## Goals"):
+        assert heading in md
+    assert "| streamd | 1 |" in md and "Load average" in md
+    assert (out / "bench_s2_scale.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.integration
+def test_smoke_ultralytics(smoke: dict[str, Any]) -> None:
+    require(train_python() is not None,
+            "no interpreter with ultralytics and lap: install the train extra into .venv-train or set STREAMD_TRAIN_PYTHON")
+    assert "ultralytics" not in smoke["result"]["meta"]["skipped"]
+    _check_system(smoke["result"], "ultralytics")
+
+
+def test_missing_model_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench(["--smoke", "--model", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "o")]) == 1
+    assert "nope.onnx does not exist" in capsys.readouterr().err
+
+
+def test_live_stats_counts_every_missing_frame_as_dropped() -> None:
+    # 2 streams at 10 fps; measured window 1 s after a 1 s warm-up; stream 1 loses every other frame
+    t0 = 1_000_000_000
+    records = [(s, t0 + k * 100_000_000, t0 + k * 100_000_000 + (5 + k) * 1_000_000)
+               for k in range(30) for s in (0, 1) if s == 0 or k % 2 == 0]
+    stats = live_stats(RunRecords("x", 2, records, started_ns=t0), fps=10, warmup_s=1.0, duration_s=1.0)
+    assert stats["frames_expected"] == 20 and stats["frames_processed"] == 15
+    assert stats["drop_pct"] == 25.0 and stats["fps_processed"] == 15.0 and stats["min_stream_fps"] == 5.0
+    in_window = [(5 + k) for k in range(10, 20) for s in (0, 1) if s == 0 or k % 2 == 0]
+    assert stats["latency_p50_ms"] == pytest.approx(float(np.percentile(in_window, 50)))
+    assert stats["latency_max_ms"] == 24.0
+
+
+def test_throughput_stats_spans_first_decode_to_last_result() -> None:
+    run = RunRecords("x", 1, [(0, 0, 10_000_000), (0, 500_000_000, 1_000_000_000)])
+    stats = throughput_stats(run, frames_in_files=3)
+    assert stats["seconds"] == 1.0 and stats["fps_processed"] == 2.0 and stats["missing_frames"] == 1
