@@ -124,6 +124,21 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def fp16(args: argparse.Namespace) -> int:
+    """FP16 copy with float16 inputs and outputs (onnxconverter-common), metadata kept. Static-shape exports
+    convert cleanly; dynamic ones carry shape arithmetic the converter breaks."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(args.model))
+    del model.graph.value_info[:]  # stale float32 shape annotations make the converter emit mismatched casts
+    half = float16.convert_float_to_float16(model, keep_io_types=args.keep_io_types)
+    del half.metadata_props[:]
+    half.metadata_props.extend(model.metadata_props)
+    onnx.save(half, str(args.out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-dir", type=Path, default=REPO / ".yolo")
@@ -145,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--agnostic", action="store_true")
     pr.add_argument("--out", type=Path, required=True)
     pr.add_argument("images", type=Path, nargs="+")
+    half = sub.add_parser("fp16")
+    half.add_argument("--model", type=Path, required=True)
+    half.add_argument("--out", type=Path, required=True)
+    half.add_argument("--keep-io-types", action="store_true", help="keep float32 inputs and outputs")
     args = parser.parse_args(argv)
-    return export(args) if args.cmd == "export" else predict(args)
+    return {"export": export, "predict": predict, "fp16": fp16}[args.cmd](args)
 
 
 if __name__ == "__main__":
