@@ -180,6 +180,7 @@ class Daemon:
             if stream.name in self.failed_streams:
                 continue
             self._start_stream(stream, pipelines[stream.pipeline])
+        self._publish_snapshot({}, time.monotonic())
         self._start_api()
 
     def _start_api(self) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Protocol
@@ -155,20 +155,30 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
     ])
 
     if token:
-        expected = token.encode()
-
-        @app.middleware("http")
-        async def require_token(request: Request, call_next: Callable[[Request], Any]) -> Response:
-            if request.url.path in OPEN_PATHS:
-                return await call_next(request)
-            header = request.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
-            if not hmac.compare_digest(given.encode(), expected):
-                return JSONResponse({"error": "missing or wrong API token"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-            return await call_next(request)
-
+        app.add_middleware(TokenAuth, token=token)
     return app
+
+
+class TokenAuth:
+    """ASGI middleware: every path but the health checks needs the bearer token (header, or ?token= for <img>)."""
+
+    def __init__(self, app: Any, token: str):
+        self.app = app
+        self.expected = token.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
+        if hmac.compare_digest(given.encode(), self.expected):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse({"error": "missing or wrong API token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
 
 
 def _read_counts(config: DaemonConfig, window: str, stream: str | None) -> dict[str, Any]:
