@@ -137,42 +137,34 @@ class CountStore:
     def counts(self, stream: str | None = None, since: float | None = None,
                until: float | None = None) -> dict[tuple[str, str, str, str], int]:
         """(stream, line, class, direction) -> crossings in [since, until)."""
-        query = "SELECT stream, line, class_name, direction, COUNT(*) FROM crossings WHERE 1=1"
-        args: list[object] = []
-        if stream is not None:
-            query += " AND stream=?"
-            args.append(stream)
-        if since is not None:
-            query += " AND ts>=?"
-            args.append(since)
-        if until is not None:
-            query += " AND ts<?"
-            args.append(until)
-        query += " GROUP BY stream, line, class_name, direction ORDER BY stream, line, class_name, direction"
+        where, args = _window("ts", stream, since, until)
+        query = (f"SELECT stream, line, class_name, direction, COUNT(*) FROM crossings WHERE {where} "
+                 "GROUP BY stream, line, class_name, direction ORDER BY stream, line, class_name, direction")
         return {(s, ln, c, d): n for s, ln, c, d, n in self._db.execute(query, args)}
 
     def zone_counts(self, stream: str | None = None, since: float | None = None,
                     until: float | None = None) -> dict[tuple[str, str, str], ZoneCount]:
         """(stream, zone, class) -> visits that entered in [since, until), how many of them exited, and
         their mean dwell time."""
-        query = ("SELECT stream, zone, class_name, COUNT(*), COUNT(exited_ts), AVG(dwell_s) FROM zone_visits "
-                 "WHERE 1=1")
-        args: list[object] = []
-        if stream is not None:
-            query += " AND stream=?"
-            args.append(stream)
-        if since is not None:
-            query += " AND entered_ts>=?"
-            args.append(since)
-        if until is not None:
-            query += " AND entered_ts<?"
-            args.append(until)
-        query += " GROUP BY stream, zone, class_name ORDER BY stream, zone, class_name"
+        where, args = _window("entered_ts", stream, since, until)
+        query = (f"SELECT stream, zone, class_name, COUNT(*), COUNT(exited_ts), AVG(dwell_s) FROM zone_visits "
+                 f"WHERE {where} GROUP BY stream, zone, class_name ORDER BY stream, zone, class_name")
         return {(st, zn, c): ZoneCount(n, exits, None if dwell is None else float(dwell))
                 for st, zn, c, n, exits, dwell in self._db.execute(query, args)}
 
     def close(self) -> None:
         self._db.close()
+
+
+def _window(ts_column: str, stream: str | None, since: float | None,
+            until: float | None) -> tuple[str, list[object]]:
+    """WHERE clause (column names are ours, values are parameters) for a stream and a [since, until) window."""
+    clauses, args = ["1=1"], []
+    for clause, value in (("stream=?", stream), (f"{ts_column}>=?", since), (f"{ts_column}<?", until)):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
+    return " AND ".join(clauses), args
 
 
 @dataclass(frozen=True)
