@@ -50,7 +50,8 @@ def wait_counts(url: str, headers: dict[str, str] | None = None, timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         streams = httpx.get(f"{url}/api/streams", headers=headers).json()["streams"]
-        if all(streams.get(n, {}).get("line_counts") for n in ("left", "right")):
+        # line_counts also holds zone entries ("inspection/<class>/enter"): wait for a line crossing
+        if all(any(k.startswith("exit/") for k in streams.get(n, {}).get("line_counts", {})) for n in ("left", "right")):
             return streams
         time.sleep(0.3)
     raise AssertionError(f"no counts within {timeout}s: {streams}")
