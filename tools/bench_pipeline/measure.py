@@ -1,10 +1,17 @@
 """What every system is measured with: per-frame records, a process-tree CPU/memory sampler, machine facts.
 
-A record is ``(stream index, t_decoded_ns, t_done_ns)`` in CLOCK_MONOTONIC nanoseconds, which is one
-clock for every process on the host, so a frame decoded in one process and published by another is
-timed without any clock correction. "Decoded" is when the system's decoder handed the frame over;
-"done" is when its tracked result was published (streamd: received by a ZeroMQ subscriber of its
-`zmq` sink; the other systems: serialised in-process, as their users would send it on).
+A record is ``(stream index, t_decoded_ns, t_done_ns, pts_us)``; times are CLOCK_MONOTONIC
+nanoseconds, which is one clock for every process on the host, so a frame decoded in one process and
+published by another is timed without any clock correction. "Decoded" is when the system's decoder
+handed the frame over; "done" is when its tracked result was published (streamd: received by a
+ZeroMQ subscriber of its `zmq` sink; the other systems: serialised in-process, as their users would
+send it on). ``pts_us`` is the frame's presentation time in the stream (-1 when unknown).
+
+Latency from "decoded" misses the time a frame waits *before* decoding: a loop that reads its
+sources one after another leaves frames queued in the socket, not in its own queues. ``lag`` closes
+that gap for live sources: the camera sends frame k at ``t0 + pts_k``; ``t0`` is estimated per
+stream as the smallest ``t_decoded - pts`` in the measured window (the frame that waited least), and
+lag is ``t_done - (t0 + pts)``. It is a lower bound (a system never on time gets no credit for it).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-Record = tuple[int, int, int]  # stream index, t_decoded_ns, t_done_ns
+Record = tuple[int, int, int, int]  # stream index, t_decoded_ns, t_done_ns, pts_us (-1: unknown)
 
 
 @dataclass
@@ -44,8 +51,12 @@ class RunRecords:
     @classmethod
     def load(cls, path: Path) -> RunRecords:
         d = json.loads(path.read_text())
-        return cls(d["system"], d["streams"], [tuple(r) for r in d["records"]], d["decoded"], d["started_ns"],
-                   d.get("error"), d.get("extra", {}))
+        return cls(d["system"], d["streams"], [tuple(r) for r in d["records"]], d["decoded"],  # type: ignore[misc]
+                   d["started_ns"], d.get("error"), d.get("extra", {}))
+
+    def array(self) -> np.ndarray:
+        """Records as an int64 array [n, 4]."""
+        return np.asarray(self.records, dtype=np.int64).reshape(-1, 4)
 
 
 def latency_stats(latencies_ms: np.ndarray) -> dict[str, float | None]:
@@ -54,6 +65,21 @@ def latency_stats(latencies_ms: np.ndarray) -> dict[str, float | None]:
     return {"latency_p50_ms": round(float(np.percentile(latencies_ms, 50)), 2),
             "latency_p99_ms": round(float(np.percentile(latencies_ms, 99)), 2),
             "latency_max_ms": round(float(latencies_ms.max()), 2)}
+
+
+def lag_stats(rec: np.ndarray) -> dict[str, float | None]:
+    """Camera-to-published lag of window records [n, 4] (see the module docstring)."""
+    lags = []
+    for stream in np.unique(rec[:, 0]):
+        r = rec[(rec[:, 0] == stream) & (rec[:, 3] >= 0)]
+        if r.shape[0]:
+            sent = r[:, 3] * 1000
+            t0 = int((r[:, 1] - sent).min())
+            lags.append((r[:, 2] - (t0 + sent)) / 1e6)
+    if not lags:
+        return {"lag_p50_ms": None, "lag_p99_ms": None}
+    lag = np.concatenate(lags)
+    return {"lag_p50_ms": round(float(np.percentile(lag, 50)), 2), "lag_p99_ms": round(float(np.percentile(lag, 99)), 2)}
 
 
 def live_stats(run: RunRecords, fps: float, warmup_s: float, duration_s: float) -> dict[str, Any]:
@@ -65,7 +91,7 @@ def live_stats(run: RunRecords, fps: float, warmup_s: float, duration_s: float) 
     """
     t0 = run.started_ns + int(warmup_s * 1e9)
     t1 = t0 + int(duration_s * 1e9)
-    rec = np.asarray(run.records, dtype=np.int64).reshape(-1, 3)
+    rec = run.array()
     rec = rec[(rec[:, 1] >= t0) & (rec[:, 1] < t1)]
     expected = fps * duration_s * run.streams
     processed = int(rec.shape[0])
@@ -75,14 +101,14 @@ def live_stats(run: RunRecords, fps: float, warmup_s: float, duration_s: float) 
         "fps_processed": round(processed / duration_s, 2),
         "drop_pct": round(max(0.0, 100.0 * (1 - processed / expected)), 2) if expected else None,
         "min_stream_fps": round(min(per_stream) / duration_s, 2) if per_stream else 0.0,
-        **latency_stats((rec[:, 2] - rec[:, 1]) / 1e6),
+        **latency_stats((rec[:, 2] - rec[:, 1]) / 1e6), **lag_stats(rec),
         "window_ns": [t0, t1],
     }
 
 
 def throughput_stats(run: RunRecords, frames_in_files: int) -> dict[str, Any]:
     """Files, every frame, as fast as possible: frames per second from the first decode to the last result."""
-    rec = np.asarray(run.records, dtype=np.int64).reshape(-1, 3)
+    rec = run.array()
     if rec.shape[0] == 0:
         return {"frames_processed": 0, "frames_in_files": frames_in_files, "seconds": None, "fps_processed": None,
                 "missing_frames": frames_in_files, **latency_stats(np.empty(0)), "window_ns": [0, 0]}

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     open_caps.discard(i)
                     continue
                 run.decoded[i] += 1
+                pts_us = int(caps[i].get(cv2.CAP_PROP_POS_MSEC) * 1000)
                 if not run.started_ns:
                     run.started_ns = t_decoded
                     deadline = t_decoded + int((args.warmup + args.duration + 0.5) * 1e9) if args.live else None
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 sink.write(json.dumps({"stream": i, "tracks": [
                     {"id": int(t), "class_id": int(c), "xyxy": [round(float(v), 1) for v in box]}
                     for t, c, box in zip(tracks.tracker_id, tracks.class_id, tracks.xyxy)]}) + "\n")
-                run.records.append((i, t_decoded, time.monotonic_ns()))
+                run.records.append((i, t_decoded, time.monotonic_ns(), pts_us))
             if deadline is not None and time.monotonic_ns() > deadline:
                 break
     finally:

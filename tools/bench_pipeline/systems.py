@@ -161,11 +161,11 @@ def run_runner(job: Job) -> Outcome:
 
 
 class _ZmqCollector:
-    """Subscribes to streamd's zmq sink and records (stream, t_decoded_ns, received_ns) per tracks message."""
+    """Subscribes to streamd's zmq sink and records (stream, t_decoded_ns, received_ns, pts_us) per tracks message."""
 
     def __init__(self, endpoint: str, names: list[str]):
         self.index = {n: i for i, n in enumerate(names)}
-        self.records: list[tuple[int, int, int]] = []
+        self.records: list[tuple[int, int, int, int]] = []
         self._ctx = zmq.Context()
         self._sub = self._ctx.socket(zmq.SUB)
         self._sub.setsockopt(zmq.RCVHWM, 0)
@@ -189,7 +189,8 @@ class _ZmqCollector:
                     break
                 now = time.monotonic_ns()
                 msg = decoder.decode(payload)
-                self.records.append((self.index.get(msg["stream"], -1), int(msg["t_decoded_ns"]), now))
+                self.records.append((self.index.get(msg["stream"], -1), int(msg["t_decoded_ns"]), now,
+                                     int(msg["pts_s"] * 1e6)))
 
     def close(self) -> None:
         self._stop.set()

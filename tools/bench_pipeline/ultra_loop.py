@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from tools.bench_pipeline.measure import RunRecords  # noqa: E402
 from tools.offline import prepare_offline_ultralytics  # noqa: E402
 
-_STAMPS: OrderedDict[int, tuple[int, int]] = OrderedDict()  # id(frame array) -> (stream, t_decoded_ns)
+_STAMPS: OrderedDict[int, tuple[int, int, int]] = OrderedDict()  # id(frame array) -> (stream, t_decoded_ns, pts_us)
 _STAMPS_MAX = 4096
 _LOCK = threading.Lock()
 
@@ -52,8 +52,9 @@ def install_timed_capture(run: RunRecords) -> None:
         def _stamp(self, ok: bool, image):
             if ok and image is not None:
                 now = time.monotonic_ns()
+                pts_us = int(self.get(cv2.CAP_PROP_POS_MSEC) * 1000)
                 with _LOCK:
-                    _STAMPS[id(image)] = (self._stream, now)
+                    _STAMPS[id(image)] = (self._stream, now, pts_us)
                     if len(_STAMPS) > _STAMPS_MAX:
                         _STAMPS.popitem(last=False)
                     run.decoded[self._stream] += 1
@@ -110,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
                 if stamp is None:
                     unmatched += 1
                     continue
-                stream, t_decoded = stamp
+                stream, t_decoded, pts_us = stamp
                 boxes = result.boxes
                 ids = boxes.id.int().tolist() if boxes.id is not None else [-1] * len(boxes)
                 sink.write(json.dumps({"stream": stream, "tracks": [
                     {"id": i, "class_id": int(c), "xyxy": [round(v, 1) for v in b]}
                     for i, c, b in zip(ids, boxes.cls.tolist(), boxes.xyxy.tolist())]}) + "\n")
-                run.records.append((stream, t_decoded, time.monotonic_ns()))
+                run.records.append((stream, t_decoded, time.monotonic_ns(), pts_us))
                 if not run.started_ns:
                     run.started_ns = t_decoded
                 if args.live and deadline is None:
