@@ -47,7 +47,8 @@ class ResolvedPipeline:
 
 def resolve_pipeline(name: str, pipeline: PipelineConfig) -> ResolvedPipeline:
     """Open the model once to learn its classes and check the pipeline's class names against them."""
-    model = load_model(pipeline.model, pipeline.adapter, pipeline.input_size, pipeline.labels)
+    model = load_model(pipeline.model, pipeline.adapter, pipeline.input_size, pipeline.labels,
+                       preprocess=pipeline.preprocess.model_dump(exclude_none=True) or None)
     names = model.names
     index = class_index(names)
     wanted = list(pipeline.classes or []) + [c for area in [*pipeline.lines, *pipeline.zones] for c in (area.classes or [])]
