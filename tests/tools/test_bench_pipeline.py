@@ -23,9 +23,9 @@ from tools.bench_pipeline.report import RUN_FIELDS
 from tools.bench_pipeline.systems import rtsp_available, train_python
 
 LIVE_FIELDS = ["fps_processed", "drop_pct", "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "lag_p50_ms",
-               "lag_p99_ms", "cpu_pct",
+               "lag_p99_ms", "tracks_per_frame", "cpu_pct",
                "peak_rss_mb", "frames_processed", "frames_expected"]
-S3_FIELDS = ["fps_processed", "latency_p50_ms", "latency_p99_ms", "cpu_pct", "peak_rss_mb", "frames_processed",
+S3_FIELDS = ["fps_processed", "tracks_per_frame", "latency_p50_ms", "latency_p99_ms", "cpu_pct", "peak_rss_mb", "frames_processed",
              "frames_in_files", "seconds"]
 
 
@@ -107,7 +107,7 @@ def test_missing_model_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_live_stats_counts_every_missing_frame_as_dropped() -> None:
     # 2 streams at 10 fps; measured window 1 s after a 1 s warm-up; stream 1 loses every other frame
     t0 = 1_000_000_000
-    records = [(s, t0 + k * 100_000_000, t0 + k * 100_000_000 + (5 + k) * 1_000_000, 7_000_000 + k * 100_000)
+    records = [(s, t0 + k * 100_000_000, t0 + k * 100_000_000 + (5 + k) * 1_000_000, 7_000_000 + k * 100_000, 3)
                for k in range(30) for s in (0, 1) if s == 0 or k % 2 == 0]
     stats = live_stats(RunRecords("x", 2, records, started_ns=t0), fps=10, warmup_s=1.0, duration_s=1.0)
     assert stats["frames_expected"] == 20 and stats["frames_processed"] == 15
@@ -116,18 +116,20 @@ def test_live_stats_counts_every_missing_frame_as_dropped() -> None:
     assert stats["latency_p50_ms"] == pytest.approx(float(np.percentile(in_window, 50)))
     assert stats["latency_max_ms"] == 24.0
     assert stats["lag_p50_ms"] == stats["latency_p50_ms"]  # decoded on time: lag is the latency
+    assert stats["tracks_per_frame"] == 3.0
 
 
 def test_lag_counts_waiting_before_decode() -> None:
     # frames sent every 100 ms but decoded later and later (queued in the socket): latency stays 5 ms, lag grows
     t0 = 1_000_000_000
-    records = [(0, t0 + k * 120_000_000, t0 + k * 120_000_000 + 5_000_000, k * 100_000) for k in range(20)]
+    records = [(0, t0 + k * 120_000_000, t0 + k * 120_000_000 + 5_000_000, k * 100_000, 0) for k in range(20)]
     stats = live_stats(RunRecords("x", 1, records, started_ns=t0), fps=10, warmup_s=0.0, duration_s=10.0)
     assert stats["latency_p99_ms"] == 5.0
     assert stats["lag_p50_ms"] == pytest.approx(5 + 20 * 9.5, abs=1) and stats["lag_p99_ms"] > 380
 
 
 def test_throughput_stats_spans_first_decode_to_last_result() -> None:
-    run = RunRecords("x", 1, [(0, 0, 10_000_000, 0), (0, 500_000_000, 1_000_000_000, 33_000)])
+    run = RunRecords("x", 1, [(0, 0, 10_000_000, 0, 1), (0, 500_000_000, 1_000_000_000, 33_000, 2)])
     stats = throughput_stats(run, frames_in_files=3)
     assert stats["seconds"] == 1.0 and stats["fps_processed"] == 2.0 and stats["missing_frames"] == 1
+    assert stats["tracks_per_frame"] == 1.5

@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--s2-fps", type=int, default=15)
     parser.add_argument("--s3-files", type=int, default=2, help="S3: files processed together")
     parser.add_argument("--s3-seconds", type=float, default=20.0, help="S3: length of each file (30 fps)")
+    parser.add_argument("--streamd-max-batch", type=int, default=0,
+                        help="streamd inference.max_batch (default 0: the number of streams, at most 8)")
+    parser.add_argument("--streamd-threads", type=int, default=0,
+                        help="streamd inference.intra_op_threads (default 0: ONNX Runtime's default)")
     parser.add_argument("--ort-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--ort-runs", type=int, default=60)
     parser.add_argument("--cache", type=Path, default=REPO / "out" / "bench-pipeline" / "clips",
@@ -97,7 +101,8 @@ def run_one(args: argparse.Namespace, scenario: str, system: str, sources: list[
             fps: float, frames_in_files: int, repeat: int, train: str | None) -> dict[str, Any]:
     work = scratch_dir(args.out / "work", f"{scenario}-{system}-{len(sources)}-r{repeat}")
     job = Job(system, sources, args.model, args.imgsz, live, args.warmup, args.duration, work,
-              timeout_s=(args.warmup + args.duration + 180) if live else 900, max_batch=max(1, min(len(sources), 8)),
+              timeout_s=(args.warmup + args.duration + 180) if live else 900,
+              max_batch=args.streamd_max_batch or max(1, min(len(sources), 8)), intra_op_threads=args.streamd_threads,
               train_python=train)
     row: dict[str, Any] = {"scenario": scenario, "system": system, "streams": len(sources), "repeat": repeat}
     try:
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped, "model": str(args.model.resolve().relative_to(REPO)) if args.model.resolve().is_relative_to(REPO)
         else str(args.model), "imgsz": args.imgsz, "repeats": args.repeats, "warmup_s": args.warmup,
         "duration_s": args.duration, "train_python": train, "smoke": args.smoke,
+        "streamd_max_batch": args.streamd_max_batch or "streams (at most 8)", "streamd_threads": args.streamd_threads,
     }
     s1_spec = ClipSpec(*args.s1_size, args.s1_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)
     s2_spec = ClipSpec(*args.s2_size, args.s2_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)
@@ -182,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                                              warmup=max(2, args.ort_runs // 10))
         progress.update(1)
     s3_frames = frame_count(s3_file) * args.s3_files if s3_file is not None else 0
+    if s3_file is not None:
+        per_file = s3_frames // args.s3_files
+        meta["s3_clip"] = f"{s3_spec.width}x{s3_spec.height}, {per_file} frames ({per_file / 30:.0f} s at 30 fps) each"
     for scenario, n, repeat, system in plan:
         progress.set_postfix_str(f"{scenario} {system} x{n} r{repeat}")
         if scenario == "s3":

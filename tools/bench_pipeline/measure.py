@@ -1,11 +1,12 @@
 """What every system is measured with: per-frame records, a process-tree CPU/memory sampler, machine facts.
 
-A record is ``(stream index, t_decoded_ns, t_done_ns, pts_us)``; times are CLOCK_MONOTONIC
+A record is ``(stream index, t_decoded_ns, t_done_ns, pts_us, tracks)``; times are CLOCK_MONOTONIC
 nanoseconds, which is one clock for every process on the host, so a frame decoded in one process and
 published by another is timed without any clock correction. "Decoded" is when the system's decoder
 handed the frame over; "done" is when its tracked result was published (streamd: received by a
 ZeroMQ subscriber of its `zmq` sink; the other systems: serialised in-process, as their users would
-send it on). ``pts_us`` is the frame's presentation time in the stream (-1 when unknown).
+send it on). ``pts_us`` is the frame's presentation time in the stream (-1 when unknown); ``tracks``
+the number of tracked objects published for the frame (same work for every system, checked).
 
 Latency from "decoded" misses the time a frame waits *before* decoding: a loop that reads its
 sources one after another leaves frames queued in the socket, not in its own queues. ``lag`` closes
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-Record = tuple[int, int, int, int]  # stream index, t_decoded_ns, t_done_ns, pts_us (-1: unknown)
+Record = tuple[int, int, int, int, int]  # stream, t_decoded_ns, t_done_ns, pts_us (-1: unknown), tracks
 
 
 @dataclass
@@ -55,8 +56,8 @@ class RunRecords:
                    d["started_ns"], d.get("error"), d.get("extra", {}))
 
     def array(self) -> np.ndarray:
-        """Records as an int64 array [n, 4]."""
-        return np.asarray(self.records, dtype=np.int64).reshape(-1, 4)
+        """Records as an int64 array [n, 5]."""
+        return np.asarray(self.records, dtype=np.int64).reshape(-1, 5)
 
 
 def latency_stats(latencies_ms: np.ndarray) -> dict[str, float | None]:
@@ -102,6 +103,7 @@ def live_stats(run: RunRecords, fps: float, warmup_s: float, duration_s: float) 
         "drop_pct": round(max(0.0, 100.0 * (1 - processed / expected)), 2) if expected else None,
         "min_stream_fps": round(min(per_stream) / duration_s, 2) if per_stream else 0.0,
         **latency_stats((rec[:, 2] - rec[:, 1]) / 1e6), **lag_stats(rec),
+        "tracks_per_frame": round(float(rec[:, 4].mean()), 2) if processed else None,
         "window_ns": [t0, t1],
     }
 
@@ -111,12 +113,14 @@ def throughput_stats(run: RunRecords, frames_in_files: int) -> dict[str, Any]:
     rec = run.array()
     if rec.shape[0] == 0:
         return {"frames_processed": 0, "frames_in_files": frames_in_files, "seconds": None, "fps_processed": None,
-                "missing_frames": frames_in_files, **latency_stats(np.empty(0)), "window_ns": [0, 0]}
+                "missing_frames": frames_in_files, "tracks_per_frame": None, **latency_stats(np.empty(0)),
+                "window_ns": [0, 0]}
     start, end = int(rec[:, 1].min()), int(rec[:, 2].max())
     seconds = (end - start) / 1e9
     return {"frames_processed": int(rec.shape[0]), "frames_in_files": frames_in_files, "seconds": round(seconds, 3),
             "fps_processed": round(rec.shape[0] / seconds, 2) if seconds > 0 else None,
             "missing_frames": max(0, frames_in_files - int(rec.shape[0])),
+            "tracks_per_frame": round(float(rec[:, 4].mean()), 2),
             **latency_stats((rec[:, 2] - rec[:, 1]) / 1e6), "window_ns": [start, end]}
 
 

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 sink.write(json.dumps({"stream": i, "tracks": [
                     {"id": int(t), "class_id": int(c), "xyxy": [round(float(v), 1) for v in box]}
                     for t, c, box in zip(tracks.tracker_id, tracks.class_id, tracks.xyxy)]}) + "\n")
-                run.records.append((i, t_decoded, time.monotonic_ns(), pts_us))
+                run.records.append((i, t_decoded, time.monotonic_ns(), pts_us, len(tracks)))
             if deadline is not None and time.monotonic_ns() > deadline:
                 break
     finally:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 RUN_FIELDS = ["scenario", "system", "streams", "repeat", "fps_processed", "drop_pct", "latency_p50_ms",
-              "latency_p99_ms", "latency_max_ms", "lag_p50_ms", "lag_p99_ms", "cpu_pct", "peak_rss_mb", "frames_processed", "frames_expected",
+              "latency_p99_ms", "latency_max_ms", "lag_p50_ms", "lag_p99_ms", "tracks_per_frame", "cpu_pct", "peak_rss_mb", "frames_processed", "frames_expected",
               "frames_in_files", "seconds", "wall_s", "error"]
 METRICS = ["fps_processed", "drop_pct", "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "lag_p50_ms",
-           "lag_p99_ms", "cpu_pct",
+           "lag_p99_ms", "tracks_per_frame", "cpu_pct",
            "peak_rss_mb", "frames_processed", "seconds"]
 HOLD_P99_MS = 50.0
 HOLD_DROP_PCT = 1.0
@@ -129,12 +129,12 @@ def markdown(result: dict[str, Any]) -> str:
         "process).", "",
     ]
     live_header = ["system", "fps", "drop %", "p50 ms", "p99 ms", "max ms", "lag p50 ms", "lag p99 ms", "CPU %",
-                   "peak RSS MB", "errors"]
+                   "peak RSS MB", "tracks/frame", "errors"]
     if summary["s1"]:
         parts += [f"## S1 latency: one live RTSP source, {meta['s1_clip']}", "",
                   _table(live_header, [[s, r["fps_processed"], r["drop_pct"], r["latency_p50_ms"],
                                         r["latency_p99_ms"], r["latency_max_ms"], r["lag_p50_ms"], r["lag_p99_ms"],
-                                        r["cpu_pct"], r["peak_rss_mb"],
+                                        r["cpu_pct"], r["peak_rss_mb"], r["tracks_per_frame"],
                                         "; ".join(r["errors"]) or ""] for s, r in summary["s1"].items()]), ""]
     if summary["s2"]:
         rows = []
@@ -151,10 +151,10 @@ def markdown(result: dict[str, Any]) -> str:
     if summary["s3"]:
         parts += [f"## S3 throughput: {meta['s3_files']} file(s), every frame, as fast as possible, {meta['s3_clip']}",
                   "", _table(["system", "fps", "% of ORT limit", "% of ORT end-to-end", "% of decode limit",
-                              "x plain loop", "p99 ms", "CPU %", "peak RSS MB", "errors"],
+                              "x plain loop", "p99 ms", "CPU %", "peak RSS MB", "tracks/frame", "errors"],
                              [[s, r["fps_processed"], r["pct_of_ort_limit"], r["pct_of_ort_end_to_end"],
                                r["pct_of_decode_limit"], r["x_plain_loop"], r["latency_p99_ms"], r["cpu_pct"],
-                               r["peak_rss_mb"], "; ".join(r["errors"]) or ""] for s, r in summary["s3"].items()]),
+                               r["peak_rss_mb"], r["tracks_per_frame"], "; ".join(r["errors"]) or ""] for s, r in summary["s3"].items()]),
                   ""]
     if limits:
         parts += ["## Limits", ""]

@@ -105,6 +105,7 @@ class Job:
     workdir: Path
     timeout_s: float = 600.0
     max_batch: int = 4
+    intra_op_threads: int = 0
     train_python: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -161,11 +162,11 @@ def run_runner(job: Job) -> Outcome:
 
 
 class _ZmqCollector:
-    """Subscribes to streamd's zmq sink and records (stream, t_decoded_ns, received_ns, pts_us) per tracks message."""
+    """Subscribes to streamd's zmq sink; one measure.Record per `tracks` message (received = published)."""
 
     def __init__(self, endpoint: str, names: list[str]):
         self.index = {n: i for i, n in enumerate(names)}
-        self.records: list[tuple[int, int, int, int]] = []
+        self.records: list[tuple[int, int, int, int, int]] = []
         self._ctx = zmq.Context()
         self._sub = self._ctx.socket(zmq.SUB)
         self._sub.setsockopt(zmq.RCVHWM, 0)
@@ -190,7 +191,7 @@ class _ZmqCollector:
                 now = time.monotonic_ns()
                 msg = decoder.decode(payload)
                 self.records.append((self.index.get(msg["stream"], -1), int(msg["t_decoded_ns"]), now,
-                                     int(msg["pts_s"] * 1e6)))
+                                     int(msg["pts_s"] * 1e6), len(msg["tracks"])))
 
     def close(self) -> None:
         self._stop.set()
@@ -208,7 +209,7 @@ def streamd_config(job: Job, names: list[str], endpoint: str, width: int, height
             "lines": [{"name": "exit", "points": [[width / 2, height], [width / 2, 0]], "anchor": "center"}],
         }},
         "sinks": [{"type": "zmq", "endpoint": endpoint, "include_tracks": True}],
-        "inference": {"max_batch": job.max_batch, "max_wait_ms": 5},
+        "inference": {"max_batch": job.max_batch, "max_wait_ms": 5, "intra_op_threads": job.intra_op_threads},
         "supervisor": {"stats_interval_s": 5},
         "counts": {"path": str(job.workdir / "counts.db")},
     }

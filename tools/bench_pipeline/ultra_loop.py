@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 sink.write(json.dumps({"stream": stream, "tracks": [
                     {"id": i, "class_id": int(c), "xyxy": [round(v, 1) for v in b]}
                     for i, c, b in zip(ids, boxes.cls.tolist(), boxes.xyxy.tolist())]}) + "\n")
-                run.records.append((stream, t_decoded, time.monotonic_ns(), pts_us))
+                run.records.append((stream, t_decoded, time.monotonic_ns(), pts_us, len(ids)))
                 if not run.started_ns:
                     run.started_ns = t_decoded
                 if args.live and deadline is None:
