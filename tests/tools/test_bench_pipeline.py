@@ -133,3 +133,15 @@ def test_throughput_stats_spans_first_decode_to_last_result() -> None:
     stats = throughput_stats(run, frames_in_files=3)
     assert stats["seconds"] == 1.0 and stats["fps_processed"] == 2.0 and stats["missing_frames"] == 1
     assert stats["tracks_per_frame"] == 1.5
+
+
+def test_cpu_use_is_interpolated_between_samples() -> None:
+    import os
+
+    from tools.bench_pipeline.measure import TreeMonitor
+
+    monitor = TreeMonitor(os.getpid())
+    monitor.samples = [(0, 0.0, 100 << 20), (1_000_000_000, 0.5, 300 << 20), (2_000_000_000, 1.5, 200 << 20)]
+    assert monitor.cpu_pct(0, 2_000_000_000) == 75.0
+    assert monitor.cpu_pct(1_200_000_000, 1_300_000_000) == 100.0  # a window shorter than the sampling period
+    assert monitor.peak_rss_mb() == 300.0

@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="ONNX model every system runs (default: the bundled conveyor model, 320 px)")
+                        help="ONNX model every system runs (default: the bundled conveyor model, 320 px), or an "
+                             "ultralytics yaml such as yolov8n.yaml: exported at --imgsz with random weights "
+                             "(needs the training interpreter; same speed as trained, but it detects nothing)")
     parser.add_argument("--imgsz", type=int, default=320, help="model input size in pixels (square)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8], help="S2 stream counts")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per live run")
@@ -92,6 +94,26 @@ def git_commit() -> str | None:
         return None
 
 
+def resolve_model(args: argparse.Namespace) -> Path:
+    """The ONNX file to run: --model itself, or its yaml exported once into OUT's cache (ValueError if impossible)."""
+    if args.model.suffix not in (".yaml", ".yml"):
+        if not args.model.is_file():
+            raise ValueError(f"--model {args.model} does not exist")
+        return args.model
+    out = args.cache.parent / "models" / f"{args.model.stem}-{args.imgsz}.onnx"
+    if out.is_file():
+        return out
+    python = train_python()
+    if python is None:
+        raise ValueError(f"--model {args.model}: exporting a yaml needs ultralytics (install the train extra into "
+                         ".venv-train or set STREAMD_TRAIN_PYTHON), or pass an ONNX file")
+    proc = subprocess.run([python, "-m", "tools.bench_pipeline.export_model", "--yaml", str(args.model), "--imgsz",
+                           str(args.imgsz), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        raise ValueError(f"--model {args.model}: export failed: {(proc.stderr or proc.stdout)[-1500:]}")
+    return out
+
+
 def live_seconds(args: argparse.Namespace) -> float:
     """Length of the RTSP clips: the measured window plus room for the slowest system's start-up."""
     return args.warmup + args.duration + (20.0 if args.smoke else 40.0)
@@ -129,8 +151,10 @@ def run_one(args: argparse.Namespace, scenario: str, system: str, sources: list[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.model.is_file():
-        print(f"error: --model {args.model} does not exist", file=sys.stderr)
+    try:
+        args.model = resolve_model(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     systems = list(dict.fromkeys(args.systems))
@@ -216,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     written = report.write_all(result, args.out, float(args.s2_fps))
     print(report.markdown(result))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    shutil.rmtree(args.out / "work", ignore_errors=True) if not any(r.get("error") for r in runs) else None
+    if not any(r.get("error") for r in runs):  # failed runs keep their logs and configs under OUT/work
+        shutil.rmtree(args.out / "work", ignore_errors=True)
     return 0
 
 

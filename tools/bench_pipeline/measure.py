@@ -172,11 +172,16 @@ class TreeMonitor:
         self._sample()
 
     def cpu_pct(self, t0_ns: int, t1_ns: int) -> float | None:
-        inside = [s for s in self.samples if t0_ns <= s[0] <= t1_ns]
-        if len(inside) < 2:
+        """CPU use in [t0, t1] (% of one core); the tree's CPU seconds are interpolated between samples."""
+        if len(self.samples) < 2 or t1_ns <= t0_ns:
             return None
-        (ta, ca, _), (tb, cb, _) = inside[0], inside[-1]
-        return round(100.0 * (cb - ca) / ((tb - ta) / 1e9), 1) if tb > ta else None
+        t = np.asarray([s[0] for s in self.samples], dtype=np.float64)
+        cpu = np.asarray([s[1] for s in self.samples])
+        t0, t1 = max(float(t0_ns), t[0]), min(float(t1_ns), t[-1])
+        if t1 <= t0:
+            return None
+        used = float(np.interp(t1, t, cpu) - np.interp(t0, t, cpu))
+        return round(100.0 * used / ((t1 - t0) / 1e9), 1)
 
     def peak_rss_mb(self) -> float | None:
         return round(max(s[2] for s in self.samples) / 2**20, 1) if self.samples else None

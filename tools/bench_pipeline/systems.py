@@ -149,6 +149,8 @@ def run_runner(job: Job) -> Outcome:
             try:
                 proc.wait(job.timeout_s)
             except subprocess.TimeoutExpired:
+                pass
+            finally:  # also on Ctrl-C: never leave a runner behind
                 _terminate(proc)
     wall = time.monotonic() - started
     tail = log.read_text(errors="replace")[-3000:]
