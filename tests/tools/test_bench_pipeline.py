@@ -25,7 +25,8 @@ from tools.bench_pipeline.systems import rtsp_available, train_python
 LIVE_FIELDS = ["fps_processed", "drop_pct", "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "lag_p50_ms",
                "lag_p99_ms", "tracks_per_frame", "cpu_pct",
                "peak_rss_mb", "frames_processed", "frames_expected"]
-S3_FIELDS = ["fps_processed", "tracks_per_frame", "latency_p50_ms", "latency_p99_ms", "cpu_pct", "peak_rss_mb", "frames_processed",
+S3_FIELDS = ["fps_processed", "tracks_per_frame", "latency_p50_ms", "latency_p99_ms", "cpu_pct", "peak_rss_mb",
+             "frames_processed",
              "frames_in_files", "seconds"]
 
 

@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "ultralytics yaml such as yolov8n.yaml: exported at --imgsz with random weights "
                              "(needs the training interpreter; same speed as trained, but it detects nothing)")
     parser.add_argument("--imgsz", type=int, default=320, help="model input size in pixels (square)")
+    parser.add_argument("--s1-extra-model", type=Path, action="append", default=[],
+                        help="also run S1 with this model (ONNX or yaml as for --model), e.g. yolov8n.yaml: "
+                             "the issue's nano network at 320 px")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8], help="S2 stream counts")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per live run")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of frames ignored at the start of a live run")
@@ -94,24 +97,29 @@ def git_commit() -> str | None:
         return None
 
 
-def resolve_model(args: argparse.Namespace) -> Path:
-    """The ONNX file to run: --model itself, or its yaml exported once into OUT's cache (ValueError if impossible)."""
-    if args.model.suffix not in (".yaml", ".yml"):
-        if not args.model.is_file():
-            raise ValueError(f"--model {args.model} does not exist")
-        return args.model
-    out = args.cache.parent / "models" / f"{args.model.stem}-{args.imgsz}.onnx"
+def resolve_model(model: Path, args: argparse.Namespace) -> Path:
+    """The ONNX file to run: ``model`` itself, or its yaml exported once next to the clip cache (ValueError if not)."""
+    if model.suffix not in (".yaml", ".yml"):
+        if not model.is_file():
+            raise ValueError(f"--model {model} does not exist")
+        return model
+    out = args.cache.parent / "models" / f"{model.stem}-{args.imgsz}.onnx"
     if out.is_file():
         return out
     python = train_python()
     if python is None:
-        raise ValueError(f"--model {args.model}: exporting a yaml needs ultralytics (install the train extra into "
+        raise ValueError(f"--model {model}: exporting a yaml needs ultralytics (install the train extra into "
                          ".venv-train or set STREAMD_TRAIN_PYTHON), or pass an ONNX file")
-    proc = subprocess.run([python, "-m", "tools.bench_pipeline.export_model", "--yaml", str(args.model), "--imgsz",
+    proc = subprocess.run([python, "-m", "tools.bench_pipeline.export_model", "--yaml", str(model), "--imgsz",
                            str(args.imgsz), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0 or not out.is_file():
-        raise ValueError(f"--model {args.model}: export failed: {(proc.stderr or proc.stdout)[-1500:]}")
+        raise ValueError(f"--model {model}: export failed: {(proc.stderr or proc.stdout)[-1500:]}")
     return out
+
+
+def repo_relative(path: Path) -> str:
+    full = path.resolve()
+    return str(full.relative_to(REPO)) if full.is_relative_to(REPO) else str(path)
 
 
 def live_seconds(args: argparse.Namespace) -> float:
@@ -119,14 +127,15 @@ def live_seconds(args: argparse.Namespace) -> float:
     return args.warmup + args.duration + (20.0 if args.smoke else 40.0)
 
 
-def run_one(args: argparse.Namespace, scenario: str, system: str, sources: list[str], live: bool, size: tuple[int, int],
-            fps: float, frames_in_files: int, repeat: int, train: str | None) -> dict[str, Any]:
-    work = scratch_dir(args.out / "work", f"{scenario}-{system}-{len(sources)}-r{repeat}")
-    job = Job(system, sources, args.model, args.imgsz, live, args.warmup, args.duration, work,
+def run_one(args: argparse.Namespace, scenario: str, system: str, model: Path, sources: list[str], live: bool,
+            size: tuple[int, int], fps: float, frames_in_files: int, repeat: int, train: str | None) -> dict[str, Any]:
+    work = scratch_dir(args.out / "work", f"{scenario.replace(':', '-')}-{system}-{len(sources)}-r{repeat}")
+    job = Job(system, sources, model, args.imgsz, live, args.warmup, args.duration, work,
               timeout_s=(args.warmup + args.duration + 180) if live else 900,
               max_batch=args.streamd_max_batch or max(1, min(len(sources), 8)), intra_op_threads=args.streamd_threads,
               train_python=train)
-    row: dict[str, Any] = {"scenario": scenario, "system": system, "streams": len(sources), "repeat": repeat}
+    row: dict[str, Any] = {"scenario": scenario, "system": system, "streams": len(sources), "repeat": repeat,
+                           "model": model.name}
     try:
         outcome = run_job(job, *size)
     except Exception as exc:  # one failed run is reported, the others still run
@@ -152,7 +161,8 @@ def run_one(args: argparse.Namespace, scenario: str, system: str, sources: list[
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        args.model = resolve_model(args)
+        args.model = resolve_model(args.model, args)
+        extra_models = {m.stem: resolve_model(m, args) for m in args.s1_extra_model}
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -173,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "argv": list(argv if argv is not None else sys.argv[1:]), "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": git_commit(), "machine": machine_info(), "load_start": load_average(), "systems": systems,
-        "skipped": skipped, "model": str(args.model.resolve().relative_to(REPO)) if args.model.resolve().is_relative_to(REPO)
-        else str(args.model), "imgsz": args.imgsz, "repeats": args.repeats, "warmup_s": args.warmup,
+        "skipped": skipped, "model": repo_relative(args.model), "imgsz": args.imgsz, "repeats": args.repeats,
+        "warmup_s": args.warmup,
         "duration_s": args.duration, "train_python": train, "smoke": args.smoke,
+        "s1_extra_models": {label: repo_relative(path) for label, path in extra_models.items()},
         "streamd_max_batch": args.streamd_max_batch or "streams (at most 8)", "streamd_threads": args.streamd_threads,
     }
     s1_spec = ClipSpec(*args.s1_size, args.s1_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)
@@ -192,14 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     s1_file = clip(s1_spec, args.cache) if "s1" in args.scenarios else None
     s2_file = clip(s2_spec, args.cache) if "s2" in args.scenarios else None
 
-    plan: list[tuple[str, int, int, str]] = []  # scenario, streams, repeat, system
+    plan: list[tuple[str, int, int, str, Path]] = []  # scenario, streams, repeat, system, model
     for repeat in range(args.repeats):
         if "s1" in args.scenarios:
-            plan += [("s1", 1, repeat, s) for s in systems]
+            plan += [("s1", 1, repeat, s, args.model) for s in systems]
+            plan += [(f"s1:{label}", 1, repeat, s, path) for label, path in extra_models.items() for s in systems]
         if "s2" in args.scenarios:
-            plan += [("s2", n, repeat, s) for n in sorted(set(args.streams)) for s in systems]
+            plan += [("s2", n, repeat, s, args.model) for n in sorted(set(args.streams)) for s in systems]
         if "s3" in args.scenarios:
-            plan += [("s3", args.s3_files, repeat, s) for s in systems]
+            plan += [("s3", args.s3_files, repeat, s, args.model) for s in systems]
     progress = tqdm(total=len(plan) + ("limits" in args.scenarios), desc="bench", unit="run")
     if "limits" in args.scenarios and s3_file is not None:
         progress.set_postfix_str("limits")
@@ -215,18 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     if s3_file is not None:
         per_file = s3_frames // args.s3_files
         meta["s3_clip"] = f"{s3_spec.width}x{s3_spec.height}, {per_file} frames ({per_file / 30:.0f} s at 30 fps) each"
-    for scenario, n, repeat, system in plan:
+    for scenario, n, repeat, system, model in plan:
         progress.set_postfix_str(f"{scenario} {system} x{n} r{repeat}")
         if scenario == "s3":
             assert s3_file is not None
-            row = run_one(args, scenario, system, [str(s3_file)] * n, False, tuple(args.s2_size), 30.0, s3_frames,
+            row = run_one(args, scenario, system, model, [str(s3_file)] * n, False, tuple(args.s2_size), 30.0, s3_frames,
                           repeat, train)
         else:
-            file = s1_file if scenario == "s1" else s2_file
-            spec = s1_spec if scenario == "s1" else s2_spec
+            s1 = scenario.startswith("s1")
+            file, spec = (s1_file, s1_spec) if s1 else (s2_file, s2_spec)
             assert file is not None
             with RtspServer(file, n) as server:
-                row = run_one(args, scenario, system, server.urls, True, (spec.width, spec.height), spec.fps, 0,
+                row = run_one(args, scenario, system, model, server.urls, True, (spec.width, spec.height), spec.fps, 0,
                               repeat, train)
         runs.append(row)
         progress.update(1)
