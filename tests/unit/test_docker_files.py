@@ -47,5 +47,7 @@ def test_example_config_validates(tmp_path: Path) -> None:
     model = REPO / "streamd" / "models" / "conveyor.onnx"
     text = text.replace("/models/model.onnx", str(model)).replace("/var/lib/streamd/", f"{tmp_path}/")
     (tmp_path / "streamd.yaml").write_text(text)
-    config = load_config(tmp_path / "streamd.yaml", env={}).config
+    token = "0123456789abcdef0123456789abcdef"
+    config = load_config(tmp_path / "streamd.yaml", env={"STREAMD_API_TOKEN": token}).config
     assert {s.type for s in config.sinks} == {"jsonl", "mqtt"}
+    assert config.api.host == "0.0.0.0" and config.api.token == token  # a container binds all with a token
