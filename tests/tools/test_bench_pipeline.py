@@ -75,6 +75,8 @@ def test_smoke_streamd_plain_limits_and_outputs(smoke: dict[str, Any]) -> None:
     assert result["runs"][0]["extra"] is not None
     streamd_s1 = _runs(result, "streamd")["s1"]["extra"]
     assert streamd_s1["frames_analysed"] > 0 and streamd_s1["sinks_latency_p99_ms"] > 0  # read from its own logs
+    assert streamd_s1["stage_cpu_pct"]["infer"] > 0 and streamd_s1["stage_cpu_pct"]["decode"] > 0  # per stage process
+    assert set(result["summary"]["streamd_stage_cpu_pct"]) == {"s1", "s2 x1", "s3"}
     limits = result["limits"]
     assert limits["decode"][0]["fps"] > 0 and limits["decode_s3"]["frames"] > 0
     assert [r["batch"] for r in limits["ort"]["by_batch"]] == [1, 2]
@@ -86,7 +88,8 @@ def test_smoke_streamd_plain_limits_and_outputs(smoke: dict[str, Any]) -> None:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == RUN_FIELDS and len(rows) == len(result["runs"])
     md = (out / "results.md").read_text()
-    for heading in ("## S1 latency", "## S2 scale", "## S3 throughput", "## Limits", "## Goals"):
+    for heading in ("## S1 latency", "## S2 scale", "## S3 throughput", "## Limits", "## streamd CPU by stage",
+                    "## Goals"):
         assert heading in md
     assert "| streamd | 1 |" in md and "Load average" in md
     assert (out / "bench_s2_scale.png").read_bytes()[:4] == b"\x89PNG"

@@ -146,6 +146,14 @@ def run_one(args: argparse.Namespace, scenario: str, system: str, model: Path, s
     stats = live_stats(run, fps, args.warmup, args.duration) if live else throughput_stats(run, frames_in_files)
     window = stats.pop("window_ns")
     row.update(stats)
+    stage_pids = run.extra.pop("stage_pids", None)
+    if stage_pids:  # streamd: CPU of each stage process in the window (decode-*, infer-*, analytics, sinks, ...)
+        by_stage: dict[str, float] = {}
+        for pid, pct in outcome.monitor.cpu_pct_by_pid(*window).items():
+            name = stage_pids.get(pid, "other")
+            name = "decode" if name.startswith("decode-") else "infer" if name.startswith("infer-") else name
+            by_stage[name] = round(by_stage.get(name, 0.0) + pct, 1)
+        run.extra["stage_cpu_pct"] = by_stage
     row.update({"cpu_pct": outcome.monitor.cpu_pct(*window), "peak_rss_mb": outcome.monitor.peak_rss_mb(),
                 "wall_s": round(outcome.wall_s, 1), "frames_decoded": run.decoded, "error": run.error,
                 "extra": run.extra})

@@ -135,6 +135,7 @@ class TreeMonitor:
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.samples: list[tuple[int, float, int]] = []  # t_ns, cpu seconds so far, rss bytes now
+        self.by_pid: list[tuple[int, dict[int, float]]] = []  # t_ns, pid -> its cpu seconds so far
         self._cpu: dict[int, float] = {}
         self._procs: dict[int, psutil.Process] = {}
         self._stop = threading.Event()
@@ -163,7 +164,9 @@ class TreeMonitor:
                     rss += proc.memory_info().rss
             except psutil.Error:
                 continue
-        self.samples.append((time.monotonic_ns(), sum(self._cpu.values()), rss))
+        now = time.monotonic_ns()
+        self.samples.append((now, sum(self._cpu.values()), rss))
+        self.by_pid.append((now, dict(self._cpu)))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -182,6 +185,15 @@ class TreeMonitor:
             return None
         used = float(np.interp(t1, t, cpu) - np.interp(t0, t, cpu))
         return round(100.0 * used / ((t1 - t0) / 1e9), 1)
+
+    def cpu_pct_by_pid(self, t0_ns: int, t1_ns: int) -> dict[int, float]:
+        """Each process's CPU use in [t0, t1] (% of one core), between the samples nearest the window's ends."""
+        inside = [s for s in self.by_pid if t0_ns <= s[0] <= t1_ns] or self.by_pid[-2:]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return {}
+        (ta, a), (tb, b) = inside[0], inside[-1]
+        seconds = (tb - ta) / 1e9
+        return {pid: round(100.0 * (b[pid] - a.get(pid, 0.0)) / seconds, 1) for pid in b}
 
     def peak_rss_mb(self) -> float | None:
         return round(max(s[2] for s in self.samples) / 2**20, 1) if self.samples else None

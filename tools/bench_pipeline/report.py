@@ -69,8 +69,21 @@ def summarise(runs: list[dict[str, Any]], limits: dict[str, Any], systems: list[
         row["pct_of_ort_end_to_end"] = round(100 * fps / ort_e2e, 1) if fps and ort_e2e else None
         row["pct_of_decode_limit"] = round(100 * fps / decode, 1) if fps and decode else None
         row["x_plain_loop"] = round(fps / plain, 2) if fps and plain else None
+    summary["streamd_stage_cpu_pct"] = stage_cpu(runs)
     summary["goals"] = goals(summary, systems)
     return summary
+
+
+def stage_cpu(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """streamd's CPU per stage (decode, infer, analytics, sinks, supervisor), median over repeats, per scenario."""
+    by_key: dict[str, list[dict[str, float]]] = {}
+    for run in runs:
+        split = (run.get("extra") or {}).get("stage_cpu_pct")
+        if run["system"] == "streamd" and split and not run.get("error"):
+            key = run["scenario"] if run["scenario"] != "s2" else f"s2 x{run['streams']}"
+            by_key.setdefault(key, []).append(split)
+    return {key: {stage: _median([s.get(stage) for s in splits]) for stage in sorted({k for s in splits for k in s})}
+            for key, splits in by_key.items()}
 
 
 def goals(summary: dict[str, Any], systems: list[str]) -> dict[str, Any]:
@@ -181,6 +194,11 @@ def markdown(result: dict[str, Any]) -> str:
                       f"{r['model_images_per_s']} / {r['images_per_s']}"] for r in ort["by_batch"]]
             rows.append([f"ORT limit (best batch {ort['best_batch']}, model only)", ort["fps_model_only"]])
         parts += [_table(["limit", "frames/s"], rows), ""]
+    if summary.get("streamd_stage_cpu_pct"):
+        stages = ["decode", "infer", "analytics", "sinks", "supervisor"]
+        parts += ["## streamd CPU by stage (% of one core; decode summed over streams)", "",
+                  _table(["scenario", *stages], [[key, *[split.get(st) for st in stages]]
+                                                 for key, split in summary["streamd_stage_cpu_pct"].items()]), ""]
     if summary["goals"]:
         g = summary["goals"]
         rows = []

@@ -270,6 +270,8 @@ def run_streamd(job: Job, width: int, height: int) -> Outcome:
             except json.JSONDecodeError:
                 pass
     summaries = {e["stream"]: e for e in events if e.get("event") == "run_summary"}
+    stage_pids = {int(e["pid"]): str(e["stage"]) for e in events if isinstance(e.get("pid"), int) and e.get("stage")}
+    stage_pids.setdefault(proc.pid, "supervisor")
     run.decoded = [int(summaries.get(n, {}).get("frames_decoded") or 0) for n in names]
     run.extra = {
         "frames_analysed": sum(int(s.get("frames_analysed") or 0) for s in summaries.values()),
@@ -279,6 +281,7 @@ def run_streamd(job: Job, width: int, height: int) -> Outcome:
         "stage_p99_ms": [s.get("stage_p99_ms") for s in summaries.values()],
         "mean_batch_size": [e.get("mean_batch_size") for e in events if e.get("event") == "inference_stats"][-1:],
         "exit_code": proc.returncode,
+        "stage_pids": stage_pids,  # for the per-stage CPU split, computed over the measured window by the caller
     }
     if proc.returncode not in (0, -signal.SIGTERM) and run.error is None:
         run.error = f"streamd exited {proc.returncode}"
