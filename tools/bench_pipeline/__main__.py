@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="streamd inference.max_batch (default 0: the number of streams, at most 8)")
     parser.add_argument("--streamd-threads", type=int, default=0,
                         help="streamd inference.intra_op_threads (default 0: ONNX Runtime's default)")
+    parser.add_argument("--streamd-spin", action="store_true",
+                        help="streamd inference.spin: true (ORT worker threads busy-wait; default false)")
     parser.add_argument("--ort-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--ort-runs", type=int, default=60)
     parser.add_argument("--cache", type=Path, default=REPO / "out" / "bench-pipeline" / "clips",
@@ -133,7 +135,7 @@ def run_one(args: argparse.Namespace, scenario: str, system: str, model: Path, s
     job = Job(system, sources, model, args.imgsz, live, args.warmup, args.duration, work,
               timeout_s=(args.warmup + args.duration + 180) if live else 900,
               max_batch=args.streamd_max_batch or max(1, min(len(sources), 8)), intra_op_threads=args.streamd_threads,
-              train_python=train)
+              spin=args.streamd_spin, train_python=train)
     row: dict[str, Any] = {"scenario": scenario, "system": system, "streams": len(sources), "repeat": repeat,
                            "model": model.name}
     try:
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration, "train_python": train, "smoke": args.smoke,
         "s1_extra_models": {label: repo_relative(path) for label, path in extra_models.items()},
         "streamd_max_batch": args.streamd_max_batch or "streams (at most 8)", "streamd_threads": args.streamd_threads,
+        "streamd_spin": args.streamd_spin,
     }
     s1_spec = ClipSpec(*args.s1_size, args.s1_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)
     s2_spec = ClipSpec(*args.s2_size, args.s2_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)

@@ -106,6 +106,7 @@ class Job:
     timeout_s: float = 600.0
     max_batch: int = 4
     intra_op_threads: int = 0
+    spin: bool = False
     train_python: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -211,7 +212,8 @@ def streamd_config(job: Job, names: list[str], endpoint: str, width: int, height
             "lines": [{"name": "exit", "points": [[width / 2, height], [width / 2, 0]], "anchor": "center"}],
         }},
         "sinks": [{"type": "zmq", "endpoint": endpoint, "include_tracks": True}],
-        "inference": {"max_batch": job.max_batch, "max_wait_ms": 5, "intra_op_threads": job.intra_op_threads},
+        "inference": {"max_batch": job.max_batch, "max_wait_ms": 5, "intra_op_threads": job.intra_op_threads,
+                      "spin": job.spin},
         "supervisor": {"stats_interval_s": 5},
         "counts": {"path": str(job.workdir / "counts.db")},
     }
