@@ -76,7 +76,8 @@ def test_smoke_streamd_plain_limits_and_outputs(smoke: dict[str, Any]) -> None:
     streamd_s1 = _runs(result, "streamd")["s1"]["extra"]
     assert streamd_s1["frames_analysed"] > 0 and streamd_s1["sinks_latency_p99_ms"] > 0  # read from its own logs
     assert streamd_s1["stage_cpu_pct"]["infer"] > 0 and streamd_s1["stage_cpu_pct"]["decode"] > 0  # per stage process
-    assert set(result["summary"]["streamd_stage_cpu_pct"]) == {"s1", "s2 x1", "s3"}
+    # S3's smoke file is done in well under a second: its CPU window may hold no sample, so it is not required
+    assert {"s1", "s2 x1"} <= set(result["summary"]["streamd_stage_cpu_pct"]) <= {"s1", "s2 x1", "s3"}
     limits = result["limits"]
     assert limits["decode"][0]["fps"] > 0 and limits["decode_s3"]["frames"] > 0
     assert [r["batch"] for r in limits["ort"]["by_batch"]] == [1, 2]
