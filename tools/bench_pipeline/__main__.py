@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.ort_batches, args.ort_runs = [1, 2], 3
     if args.out is None:
         args.out = REPO / "out" / "bench-pipeline" / time.strftime("%Y%m%d-%H%M%S")
+    args.out, args.cache = args.out.resolve(), args.cache.resolve()  # systems run with other working directories
     return args
 
 

@@ -187,13 +187,20 @@ class TreeMonitor:
         return round(100.0 * used / ((t1 - t0) / 1e9), 1)
 
     def cpu_pct_by_pid(self, t0_ns: int, t1_ns: int) -> dict[int, float]:
-        """Each process's CPU use in [t0, t1] (% of one core), between the samples nearest the window's ends."""
-        inside = [s for s in self.by_pid if t0_ns <= s[0] <= t1_ns] or self.by_pid[-2:]
-        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        """Each process's CPU use in [t0, t1] (% of one core), interpolated between samples like cpu_pct."""
+        if len(self.by_pid) < 2:
             return {}
-        (ta, a), (tb, b) = inside[0], inside[-1]
-        seconds = (tb - ta) / 1e9
-        return {pid: round(100.0 * (b[pid] - a.get(pid, 0.0)) / seconds, 1) for pid in b}
+        t = np.asarray([s[0] for s in self.by_pid], dtype=np.float64)
+        t0, t1 = max(float(t0_ns), t[0]), min(float(t1_ns), t[-1])
+        if t1 <= t0:
+            return {}
+        pids = {pid for _, cpu in self.by_pid for pid in cpu}
+        out = {}
+        for pid in pids:
+            series = np.asarray([cpu.get(pid, 0.0) for _, cpu in self.by_pid])
+            used = float(np.interp(t1, t, series) - np.interp(t0, t, series))
+            out[pid] = round(100.0 * used / ((t1 - t0) / 1e9), 1)
+        return out
 
     def peak_rss_mb(self) -> float | None:
         return round(max(s[2] for s in self.samples) / 2**20, 1) if self.samples else None

@@ -226,7 +226,7 @@ def run_streamd(job: Job, width: int, height: int) -> Outcome:
     for stream in config["streams"]:
         if stream["realtime"] is None:
             del stream["realtime"]
-    path = job.workdir / "streamd.yaml"
+    path = (job.workdir / "streamd.yaml").resolve()
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = job.workdir / "streamd.log"
     collector = _ZmqCollector(endpoint, names)
@@ -247,6 +247,8 @@ def run_streamd(job: Job, width: int, height: int) -> Outcome:
                         end_ns = first + int((job.warmup_s + job.duration_s + 0.5) * 1e9)
                         while time.monotonic_ns() < end_ns and proc.poll() is None:
                             time.sleep(0.1)
+                    elif proc.poll() is not None:
+                        run.error = f"streamd exited {proc.returncode} before publishing a frame"
                     else:
                         run.error = "no frame came out of streamd within 120 s"
                     _terminate(proc)
