@@ -29,9 +29,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from streamd.config.models import MqttSinkConfig
-from streamd.ipc.messages import CountUpdate, OutboxCounters, TrackedFrame
-from streamd.sinks.base import SinkMessage, event_id, type_of
-from streamd.sinks.outbox import DeliveryResult, Outbox, OutboxRow
+from streamd.ipc.messages import CountUpdate, TrackedFrame
+from streamd.sinks.base import SinkMessage, type_of
+from streamd.sinks.outbox import DeliveryResult, Outbox, OutboxRow, OutboxSink
 
 _TOPIC_UNSAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 ONLINE, OFFLINE = b"online", b"offline"
@@ -159,17 +159,15 @@ def _published(info: mqtt.MQTTMessageInfo) -> bool:
         return False
 
 
-class MqttSink:
+class MqttSink(OutboxSink):
     """Sink protocol around an outbox whose deliverer is one MQTT client."""
 
     def __init__(self, config: MqttSinkConfig, outbox_path: Path):
-        self.config = config
         self.prefix = config.topic_prefix
         self.deliverer = MqttDeliverer(config)
-        self.outbox = Outbox(config.name, outbox_path, config.outbox, self.deliverer)
+        super().__init__(config, Outbox(config.name, outbox_path, config.outbox, self.deliverer))
         self.deliverer.on_ready.append(self.outbox.target_ready)
         self.outbox.start()
-        self.written = 0
 
     def topic_of(self, message: SinkMessage) -> str:
         if isinstance(message, CountUpdate):
@@ -179,20 +177,5 @@ class MqttSink:
             return f"{self.prefix}/{message.stream}/tracks"
         return f"{self.prefix}/{message.stream}/events/{type_of(message)}"
 
-    def write(self, message: SinkMessage, payload_json: bytes) -> None:
-        if isinstance(message, TrackedFrame) and not self.config.include_tracks:
-            return
-        if isinstance(message, CountUpdate) and not self.config.include_counts:
-            return
-        if self.outbox.put(event_id(message), self.topic_of(message), payload_json,
-                           retain=isinstance(message, CountUpdate)):
-            self.written += 1
-
-    def flush(self) -> None:
-        self.outbox.commit()
-
-    def counters(self) -> OutboxCounters:
-        return self.outbox.counters()
-
-    def close(self) -> None:
-        self.outbox.close()
+    def route(self, message: SinkMessage) -> tuple[str, bool]:
+        return self.topic_of(message), isinstance(message, CountUpdate)  # counts are retained

@@ -27,9 +27,10 @@ from typing import Protocol
 
 import structlog
 
-from streamd.config.models import OutboxConfig
-from streamd.ipc.messages import OutboxCounters
+from streamd.config.models import MqttSinkConfig, OutboxConfig, WebhookSinkConfig
+from streamd.ipc.messages import CountUpdate, OutboxCounters, TrackedFrame
 from streamd.runtime.backoff import Backoff
+from streamd.sinks.base import SinkMessage, event_id
 
 FULL_LOG_INTERVAL_S = 10.0  # "outbox full" at most this often per sink, with the count since the last line
 FAILURE_LOG_INTERVAL_S = 10.0  # same for "delivery failed" while a target stays down
@@ -275,3 +276,35 @@ class Outbox:
             self._bytes -= sum(len(r.payload) for r in removed)
             self.delivered += len(result.acked)
             self.rejected += len(result.rejected)
+
+
+class OutboxSink:
+    """Sink protocol over an outbox: filters what the sink's config excludes and queues the rest under the
+    event's stable id. Subclasses only say where a message goes (:meth:`route`)."""
+
+    def __init__(self, config: MqttSinkConfig | WebhookSinkConfig, outbox: Outbox):
+        self.config = config
+        self.outbox = outbox
+        self.written = 0
+
+    def route(self, message: SinkMessage) -> tuple[str, bool]:
+        """(topic, retain) of the message."""
+        raise NotImplementedError
+
+    def write(self, message: SinkMessage, payload_json: bytes) -> None:
+        if isinstance(message, TrackedFrame) and not self.config.include_tracks:
+            return
+        if isinstance(message, CountUpdate) and not self.config.include_counts:
+            return
+        topic, retain = self.route(message)
+        if self.outbox.put(event_id(message), topic, payload_json, retain=retain):
+            self.written += 1
+
+    def flush(self) -> None:
+        self.outbox.commit()
+
+    def counters(self) -> OutboxCounters:
+        return self.outbox.counters()
+
+    def close(self) -> None:
+        self.outbox.close()

@@ -25,10 +25,9 @@ import urllib3
 
 from streamd import __version__
 from streamd.config.models import WebhookSinkConfig
-from streamd.ipc.messages import CountUpdate, OutboxCounters, TrackedFrame
 from streamd.redact import redact
-from streamd.sinks.base import SinkMessage, event_id, type_of
-from streamd.sinks.outbox import DeliveryResult, Outbox, OutboxRow
+from streamd.sinks.base import SinkMessage, type_of
+from streamd.sinks.outbox import DeliveryResult, Outbox, OutboxRow, OutboxSink
 
 PERMANENT_STATUS = frozenset({400, 413, 415, 422})
 
@@ -84,28 +83,12 @@ class WebhookDeliverer:
         self._http.clear()
 
 
-class WebhookSink:
+class WebhookSink(OutboxSink):
     """Sink protocol around an outbox whose deliverer POSTs to one URL."""
 
     def __init__(self, config: WebhookSinkConfig, outbox_path: Path):
-        self.config = config
-        self.outbox = Outbox(config.name, outbox_path, config.outbox, WebhookDeliverer(config))
+        super().__init__(config, Outbox(config.name, outbox_path, config.outbox, WebhookDeliverer(config)))
         self.outbox.start()
-        self.written = 0
 
-    def write(self, message: SinkMessage, payload_json: bytes) -> None:
-        if isinstance(message, TrackedFrame) and not self.config.include_tracks:
-            return
-        if isinstance(message, CountUpdate) and not self.config.include_counts:
-            return
-        if self.outbox.put(event_id(message), type_of(message), payload_json):
-            self.written += 1
-
-    def flush(self) -> None:
-        self.outbox.commit()
-
-    def counters(self) -> OutboxCounters:
-        return self.outbox.counters()
-
-    def close(self) -> None:
-        self.outbox.close()
+    def route(self, message: SinkMessage) -> tuple[str, bool]:
+        return type_of(message), False
