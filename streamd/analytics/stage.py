@@ -98,14 +98,9 @@ class AnalyticsStage(Stage):
                 for zone in analytics.zones for cid, n in zone.occupancy().items()}
 
     def _on_end(self, msg: StreamEnd) -> None:
-        analytics = self.streams.pop(msg.stream, None)
-        if analytics is not None and analytics.zones:
-            # a finished file leaves no visit open; a stream that starts again starts with fresh state
-            events = [self._zone_event(msg.stream, analytics, zone, change, self.last_frame.get(msg.stream, (0, 0.0)))
-                      for zone, change in analytics.close()]
-            self._record_and_publish(msg.stream, [], events, self.last_frame.get(msg.stream, (0, 0.0))[0])
+        # a finished file leaves no visit open; a stream that starts again starts with fresh state
+        self._reset(msg.stream)
         self.store.finish(msg.stream)
-        self.last_seq.pop(msg.stream, None)
         self._send(encoder.encode(msg))
 
     def _analytics(self, stream: str, pipeline: str) -> StreamAnalytics:
@@ -150,9 +145,8 @@ class AnalyticsStage(Stage):
             )
             for line_name, crossing in result.crossings
         ]
-        self.last_frame[msg.stream] = (msg.frame_index, msg.wall_ts - msg.pts_s)
-        zone_events = [self._zone_event(msg.stream, analytics, zone, change, (msg.frame_index, msg.wall_ts - msg.pts_s),
-                                        msg.t_decoded_ns, t_analysed)
+        frame = self.last_frame[msg.stream] = (msg.frame_index, msg.wall_ts - msg.pts_s)
+        zone_events = [self._zone_event(msg.stream, analytics, zone, change, frame, msg.t_decoded_ns, t_analysed)
                        for zone, change in result.zone_events]
         self._record_and_publish(msg.stream, events, zone_events, msg.frame_index)
         tracked = result.tracked

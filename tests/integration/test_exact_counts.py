@@ -13,10 +13,9 @@ import pytest
 from streamd.analytics.stream import StreamAnalytics
 from streamd.config.models import PipelineConfig
 from streamd.demo import DEMO_SCENES, package_file
-from streamd.infer.model import load_model
-from streamd.infer.postprocess import PostprocessParams, finish
-from streamd.infer.preprocess import letterbox_into, to_tensor
+from streamd.infer.postprocess import PostprocessParams
 from streamd.synth.conveyor import GroundTruth, render_video
+from tools.evaluate.runner import Detector
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.integration
@@ -127,25 +126,17 @@ def test_line_counts_stay_exact_when_frames_are_dropped(seed: int, speed: float,
 
 @pytest.fixture(scope="module")
 def scene2_detections(scenes) -> tuple[GroundTruth, list[tuple[float, np.ndarray, np.ndarray, np.ndarray]], list[str]]:
-    """Detections of the bundled model on every frame of scene 2, computed once with the daemon's own code."""
+    """Detections of the bundled model on every frame of scene 2, computed once with the daemon's own inference
+    steps (tools.evaluate's Detector chains them as the inference stage does)."""
     video, truth = scenes[2]
-    model = load_model(str(package_file("models", "conveyor.onnx")))
-    spec = model.adapter.preprocess
-    h, w = model.input_hw
-    pixels = np.zeros((1, h, w, 3), np.uint8)
-    tensor = np.zeros((1, 3, h, w), model.input_dtype)
-    params = PostprocessParams(confidence=0.35)
+    detector = Detector.open(str(package_file("models", "conveyor.onnx")), PostprocessParams(confidence=0.35))
     frames = []
     with av.open(str(video)) as container:
         for decoded in container.decode(video=0):
-            image = decoded.to_ndarray(format="bgr24")
-            transform = letterbox_into(image, pixels[0], spec)
-            outputs = model.run(to_tensor(pixels, spec, tensor))
-            dets = finish(model.adapter.decode(outputs, 0, params.confidence), params, transform,
-                          image.shape[1], image.shape[0])
+            dets = detector.detect([decoded.to_ndarray(format="bgr24")])[0]
             frames.append((float(decoded.time), dets.xyxy.copy(), dets.confidence.copy(),
                            dets.class_id.astype(np.int64)))
-    return truth, frames, model.names
+    return truth, frames, detector.model.names
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3, 4])

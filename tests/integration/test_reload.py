@@ -124,7 +124,7 @@ def test_remove_and_change_streams_with_sighup_and_the_api(belt: Path, tmp_path:
     daemon = daemon_factory(cfg_path)
     url = api_url(daemon)
     streams = wait_streaming(url, {"a", "b"})
-    ring_b = Path("/dev/shm") / streams["b"]["ring"]
+    ring_a, ring_b = streams["a"]["ring"], Path("/dev/shm") / streams["b"]["ring"]
     assert ring_b.exists()
     # remove b (SIGHUP): its decoder stops and its shared memory is gone; a runs on
     write_config(cfg_path, config(tmp_path, belt, ["a"], watch_config=False))
@@ -143,7 +143,8 @@ def test_remove_and_change_streams_with_sighup_and_the_api(belt: Path, tmp_path:
     body = response.json()
     assert body["changes"]["restarted"] == ["a"] and body["changes"]["needs_restart"] == ["sinks"]
     streams = wait_streaming(url, {"a"})
-    assert streams["a"]["ring"] != Path(ring_b).name
+    assert streams["a"]["ring"] != ring_a  # restarted on a new ring
+    assert not (Path("/dev/shm") / ring_a).exists()
     assert httpx.get(f"{url}/api/config").json()["needs_restart"] == ["sinks"]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
