@@ -60,6 +60,11 @@ class InferenceStage(Stage):
         self.log.info("inference_ready", model=p["model"], adapter=self.model.adapter.name,
                       input=list(self.model.input_hw), providers=self.model.providers,
                       static_batch=self.model.info.static_batch, classes=len(self.model.names))
+        if cfg.max_batch > 1 and self.model.info.metadata.get("streamd_precision") == "int8-dynamic":
+            # Dynamic quantisation picks one activation scale per tensor, batch included: a stream's detections
+            # would shift with whatever other streams share its batch.
+            self.log.warning("batch_dependent_model", model=p["model"], max_batch=cfg.max_batch,
+                             fix="use the static INT8 (QDQ) or FP16 variant, or inference.max_batch: 1")
 
     def counters(self) -> dict[str, StreamCounters]:
         return {

@@ -29,6 +29,20 @@ def val_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def assert_batch_axis_kept(path: Path) -> None:
+    """The variant keeps the FP32 export's dynamic batch axis: a batch of 4 gives each image's batch-of-1 output."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    batch = np.random.default_rng(0).random((4, 3, 320, 320), dtype=np.float32)
+    together = session.run(None, {name: batch})[0]
+    assert together.shape[0] == 4, f"{path.name}: batch axis lost"
+    for i in (0, 3):
+        alone = session.run(None, {name: batch[i : i + 1]})[0][0]
+        np.testing.assert_allclose(together[i], alone, atol=1e-2 * max(1.0, float(np.abs(alone).max())))
+
+
 def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path) -> None:
     needs("pycocotools")
     out = tmp_path / "conveyor.onnx"
@@ -46,6 +60,8 @@ def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path) -> Non
         model = load_model(str(path))  # the daemon configures itself from each variant's file
         assert model.adapter.name == "ultralytics" and model.names == ["box", "bottle", "can"]
         assert model.info.metadata["streamd_precision"] == name
+        if name != "int8-dynamic":  # its per-tensor activation scale spans the batch (the daemon warns)
+            assert_batch_axis_kept(path)
     assert report["fp32"]["map50"] > 0.9
     table = (tmp_path / "conveyor.report.md").read_text()
     assert table.count("| yes |") == 4

@@ -8,7 +8,9 @@
 Writes OUT (float32, dynamic batch) with class names, input size, stride and adapter in the ONNX
 metadata (from --weights: ultralytics export + onnxslim; from --onnx: a copy). Variants beside it:
   --fp16          OUT.fp16.onnx      float16 weights and activations, float32 inputs/outputs
-  --int8-dynamic  OUT.int8dyn.onnx   INT8 weights, activations quantised at run time
+  --int8-dynamic  OUT.int8dyn.onnx   INT8 weights, activations quantised at run time with one scale per
+                                     tensor, so an image's output depends on its batch partners: only
+                                     for pipelines with inference.max_batch 1 (the daemon warns)
   --int8          OUT.int8.onnx      static INT8 QDQ calibrated on --calibration images, the detection
                                      head left in float (found automatically, or --keep-float PREFIX)
 With --val-data every variant is evaluated (tools.evaluate) and timed against FP32; a report goes to
