@@ -42,10 +42,17 @@ def test_train_and_export_offline(tmp_path: Path) -> None:
     assert best.is_file()
     out = tmp_path / "model.onnx"
     run("tools.export", "--weights", str(best), "--imgsz", "96", "--out", str(out), "--int8",
-        "--calibration", str(data / "images" / "val"), "--calibration-count", "8")
-    for path in (out, out.with_name("model.int8.onnx")):
+        "--calibration", str(data / "images" / "val"), "--calibration-count", "8", "--prune", "0.3",
+        "--val-data", str(data / "data.yaml"), "--val-split", "val", "--max-map50-drop", "1", "--runs", "3")
+    from tools.export.prune import onnx_sparsity
+
+    pruned = out.with_name("model.pruned.onnx")
+    assert onnx_sparsity(str(pruned)) >= 0.25 > onnx_sparsity(str(out))
+    report = (tmp_path / "model.report.md").read_text()
+    assert "| fp32-pruned |" in report and "| int8-qdq |" in report
+    for path in (out, out.with_name("model.int8.onnx"), pruned):
         model = load_model(str(path))  # no adapter, labels or input size given: all read from the file
         assert model.adapter.name == "ultralytics"
         assert model.names == list(CLASSES)
         assert model.input_hw == (96, 96)
-        assert model.info.metadata.get("streamd_precision") in ("fp32", "int8-qdq")
+        assert model.info.metadata.get("streamd_precision") in ("fp32", "int8-qdq", "fp32-pruned")

@@ -11,6 +11,9 @@ metadata (from --weights: ultralytics export + onnxslim; from --onnx: a copy). V
   --int8-dynamic  OUT.int8dyn.onnx   INT8 weights, activations quantised at run time with one scale per
                                      tensor, so an image's output depends on its batch partners: only
                                      for pipelines with inference.max_batch 1 (the daemon warns)
+  --prune F       OUT.pruned.onnx    float32 with the smallest fraction F of conv weights zeroed (global
+                                     magnitude pruning; --weights only): same speed on dense runtimes,
+                                     compresses by about F
   --int8          OUT.int8.onnx      static INT8 QDQ calibrated on --calibration images, the detection
                                      head left in float (found automatically, or --keep-float PREFIX)
 With --val-data every variant is evaluated (tools.evaluate) and timed against FP32; a report goes to
@@ -43,14 +46,24 @@ def export_weights(args: argparse.Namespace) -> None:
     prepare_offline_ultralytics()
     from ultralytics import YOLO
 
-    model = YOLO(str(args.weights))
-    exported = Path(model.export(format="onnx", imgsz=args.imgsz, dynamic=True, simplify=True, opset=args.opset,
-                                 device="cpu"))
-    shutil.copyfile(exported, args.out)
-    proto = onnx.load(str(args.out))
-    set_metadata(proto, {"streamd_adapter": "ultralytics", "streamd_precision": "fp32",
-                         "streamd_input_size": f"{args.imgsz},{args.imgsz}"})
-    onnx.save(proto, str(args.out))
+    def export_to(out: Path, precision: str, prune_amount: float | None = None) -> None:
+        model = YOLO(str(args.weights))
+        if prune_amount is not None:
+            from tools.export.prune import prune_magnitude
+
+            sparsity = prune_magnitude(model.model, prune_amount)
+            print(f"pruned {sparsity:.1%} of the convolution weights (global magnitude)")
+        exported = Path(model.export(format="onnx", imgsz=args.imgsz, dynamic=True, simplify=True,
+                                     opset=args.opset, device="cpu"))
+        shutil.copyfile(exported, out)
+        proto = onnx.load(str(out))
+        set_metadata(proto, {"streamd_adapter": "ultralytics", "streamd_precision": precision,
+                             "streamd_input_size": f"{args.imgsz},{args.imgsz}"})
+        onnx.save(proto, str(out))
+
+    export_to(args.out, "fp32")
+    if args.prune is not None:
+        export_to(args.out.with_name(_stem(args.out) + ".pruned.onnx"), "fp32-pruned", args.prune)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="also write a float16 model")
     parser.add_argument("--int8-dynamic", action="store_true", help="also write a dynamic INT8 model")
     parser.add_argument("--int8", action="store_true", help="also write a static INT8 QDQ model")
+    parser.add_argument("--prune", type=float, metavar="FRACTION",
+                        help="also write a magnitude-pruned FP32 model with this fraction of weights zeroed "
+                        "(0-1, needs --weights)")
     parser.add_argument("--calibration", type=Path, help="folder of calibration images (for --int8)")
     parser.add_argument("--calibration-count", type=int, default=200)
     parser.add_argument("--keep-float", action="append", help="node-name prefix kept in float by --int8 "
@@ -88,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.val_data is not None and not args.val_data.exists():
         print(f"error: --val-data {args.val_data} does not exist", file=sys.stderr)
         return 1
+    if args.prune is not None and (args.weights is None or not 0 < args.prune < 1):
+        print("error: --prune needs --weights (a torch model to prune) and a fraction between 0 and 1, "
+              "e.g. --prune 0.3", file=sys.stderr)
+        return 1
     if args.max_map50_drop < 0:
         print("error: --max-map50-drop must be >= 0", file=sys.stderr)
         return 1
@@ -100,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = [("fp32", args.out)]
     stem = _stem(args.out)
+    if args.prune is not None:
+        from tools.export.prune import compressed_mb, onnx_sparsity
+
+        path = args.out.with_name(stem + ".pruned.onnx")
+        variants.append(("fp32-pruned", path))
+        print(f"{path}: {onnx_sparsity(str(path)):.1%} of weights zero, {compressed_mb(str(path)):.2f} MB compressed "
+              f"(fp32: {compressed_mb(str(args.out)):.2f} MB)")
     if args.fp16:
         from tools.export.variants import convert_fp16
 

@@ -58,6 +58,7 @@ class VariantReport:
     size_mb: float
     median_ms: float
     p90_ms: float
+    compressed_mb: float = 0.0
     map50: float | None = None
     map: float | None = None
     map50_drop: float | None = None
@@ -75,7 +76,10 @@ def measure(name: str, path: Path, data: Path | None, split: str | None, labels:
 
         image_dir = open_dataset(data, split=split).images_root
     timing = bench_one(path, labels, "CPUExecutionProvider", threads, 1, images, image_dir, runs, max(3, runs // 10))
-    report = VariantReport(name, path, round(path.stat().st_size / 1e6, 3), timing["median_ms"], timing["p90_ms"])
+    from tools.export.prune import compressed_mb
+
+    report = VariantReport(name, path, round(path.stat().st_size / 1e6, 3), timing["median_ms"], timing["p90_ms"],
+                           round(compressed_mb(str(path)), 3))
     if data is not None:
         from tools.evaluate.__main__ import main as evaluate
 
@@ -111,8 +115,8 @@ def gate(reports: list[VariantReport], tolerance: float) -> list[VariantReport]:
 
 def table(reports: list[VariantReport], threads: int) -> str:
     base = reports[0]
-    lines = [f"| variant | file | size | vs fp32 | latency median (p90), batch 1, {threads} thread(s) | mAP@0.5 | "
-             "mAP@0.5:0.95 | mAP@0.5 change | mAP@0.5:0.95 change | shipped |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| variant | file | size | vs fp32 | compressed | latency median (p90), batch 1, {threads} thread(s) | mAP@0.5 | "
+             "mAP@0.5:0.95 | mAP@0.5 change | mAP@0.5:0.95 change | shipped |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         if r.map50 is None or r.map is None or base.map is None:
             acc = "not measured | - | - | -"
@@ -121,6 +125,6 @@ def table(reports: list[VariantReport], threads: int) -> str:
         else:
             acc = f"{r.map50:.4f} | {r.map:.4f} | {-(r.map50_drop or 0):+.4f} | {r.map - base.map:+.4f}"
         shipped = "yes" if r.accepted else "**REFUSED**"
-        lines.append(f"| {r.name} | `{r.path.name}` | {r.size_mb:.2f} MB | {r.size_mb / base.size_mb:.2f}x | "
+        lines.append(f"| {r.name} | `{r.path.name}` | {r.size_mb:.2f} MB | {r.size_mb / base.size_mb:.2f}x | {r.compressed_mb:.2f} MB | "
                      f"{r.median_ms:.2f} ms ({r.p90_ms:.2f}) | {acc} | {shipped} |")
     return "\n".join(lines) + "\n"
