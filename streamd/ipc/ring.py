@@ -67,6 +67,12 @@ def ring_name(owner_pid: int, stream: str, generation: int = 0) -> str:
     return f"{PREFIX}{owner_pid}-{stream}" + (f".{generation}" if generation else "")
 
 
+def ring_generation(name: str) -> int:
+    """The generation :func:`ring_name` put in ``name`` (stream names have no dots)."""
+    head, dot, tail = name.rpartition(".")
+    return int(tail) if dot and tail.isdigit() else 0
+
+
 class FrameRing:
     """A mapped ring. Use :meth:`create` in the owner and :meth:`attach` in every other process."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from streamd.demo import package_file
+from streamd.ipc.ring import ring_generation
 from streamd.synth.conveyor import SceneConfig, render_video
 from tests.conftest import write_config
 
@@ -153,3 +155,10 @@ def test_remove_and_change_streams_with_sighup_and_the_api(belt: Path, tmp_path:
             break
         time.sleep(0.3)
     assert any(k.startswith("mid/") for k in counts), f"the new line never counted: {counts}"
+    # The restarted file starts again at frame 0 with fresh track ids: its crossings are recorded under ids of
+    # their own (the ring generation is in them), not dropped as replays of the first pass.
+    generation = ring_generation(streams["a"]["ring"])
+    assert generation >= 1
+    with sqlite3.connect(tmp_path / "counts.db") as db:
+        ids = [row[0] for row in db.execute("SELECT id FROM crossings WHERE stream='a' AND line='mid'")]
+    assert ids and all(i.split("/")[1].endswith(f".{generation}") for i in ids), ids

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from streamd.errors import RingError
-from streamd.ipc.ring import SHM_DIR, FrameRing, remove_orphaned_rings, ring_name, unlink_ring
+from streamd.ipc.ring import SHM_DIR, FrameRing, remove_orphaned_rings, ring_generation, ring_name, unlink_ring
 
 
 def _unique(tag: str = "t", pid: int | None = None) -> str:
@@ -254,3 +254,8 @@ def test_cross_process_writer_parent_reader(make_ring) -> None:
         if child.is_alive():
             child.kill()
             child.join()
+
+
+def test_ring_generation_round_trips_through_the_name() -> None:
+    for generation in (0, 1, 7, 123):
+        assert ring_generation(ring_name(4321, "cam-1_a", generation)) == generation
