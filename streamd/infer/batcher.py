@@ -2,8 +2,9 @@
 
 Each stream has a run of pending frame sequence numbers. A batch holds at most one frame per stream:
 the oldest pending one for streams that must not drop (files at full speed), the newest for real-time
-streams (older ones are dropped and counted). A batch is due once ``max_batch`` streams have a frame,
-or ``max_wait_s`` after the first pending frame arrived; no stream is ever waited for.
+streams (older ones are dropped and counted). A batch is due once ``max_batch`` streams, or every stream
+this batcher serves, have a frame, or ``max_wait_s`` after the first pending frame arrived; no stream is
+waited for longer than that (a single camera is never held back at all).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class Batcher:
         """0 when a batch is due now, None when nothing is pending."""
         if not self._pending:
             return None
-        if len(self._pending) >= self.max_batch:
-            return 0.0
+        if len(self._pending) >= min(self.max_batch, len(self._next_seq)):
+            return 0.0  # full, or no other stream could add a frame
         oldest = min(p.since for p in self._pending.values())
         return max(0.0, oldest + self.max_wait_s - now)
 

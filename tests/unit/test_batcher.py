@@ -13,6 +13,15 @@ def items(batch: list[BatchItem]) -> list[tuple[str, int]]:
     return [(b.stream, b.seq) for b in batch]
 
 
+def with_idle_streams(b: Batcher, count: int) -> Batcher:
+    """Streams the batcher has served that have no frame now: a batch below max_batch may wait for them."""
+    for i in range(count):
+        b.offer(f"idle{i}", 1, False, now=-1.0)
+    while b.take(-1.0):
+        pass
+    return b
+
+
 def test_nothing_pending() -> None:
     b = Batcher(max_batch=2, max_wait_s=WAIT)
     assert b.seconds_until_due(0.0) is None
@@ -27,7 +36,7 @@ def test_max_batch_must_be_positive() -> None:
 
 @pytest.mark.parametrize("max_batch", [1, 2, 4])
 def test_due_at_once_when_max_batch_streams_have_a_frame(max_batch: int) -> None:
-    b = Batcher(max_batch=max_batch, max_wait_s=10.0)
+    b = with_idle_streams(Batcher(max_batch=max_batch, max_wait_s=10.0), 2)
     for i in range(max_batch - 1):
         b.offer(f"s{i}", 1, False, now=0.0)
         assert b.seconds_until_due(0.0) == pytest.approx(10.0)
@@ -37,7 +46,7 @@ def test_due_at_once_when_max_batch_streams_have_a_frame(max_batch: int) -> None
 
 
 def test_due_max_wait_after_the_first_frame() -> None:
-    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b = with_idle_streams(Batcher(max_batch=4, max_wait_s=WAIT), 2)
     b.offer("a", 1, False, now=100.0)
     b.offer("b", 1, False, now=100.003)
     b.offer("a", 2, False, now=100.004)  # more frames of a waiting stream do not restart its clock
@@ -100,7 +109,7 @@ def test_non_realtime_takes_the_oldest_and_drops_nothing() -> None:
 
 
 def test_a_backlog_is_due_at_once_after_a_take() -> None:
-    b = Batcher(max_batch=4, max_wait_s=1.0)
+    b = with_idle_streams(Batcher(max_batch=4, max_wait_s=1.0), 1)
     b.offer("file", 3, False, now=10.0)
     assert b.seconds_until_due(10.0) == pytest.approx(1.0)
     assert items(b.take(11.0)) == [("file", 1)]
@@ -108,6 +117,26 @@ def test_a_backlog_is_due_at_once_after_a_take() -> None:
     assert items(b.take(11.0)) == [("file", 2)]
     assert items(b.take(11.0)) == [("file", 3)]
     assert b.seconds_until_due(11.0) is None
+
+
+def test_no_wait_when_every_stream_served_has_a_frame() -> None:
+    b = Batcher(max_batch=8, max_wait_s=10.0)
+    b.offer("only", 1, True, now=0.0)
+    assert b.seconds_until_due(0.0) == 0.0  # a single camera is never held back for partners it does not have
+    assert items(b.take(0.0)) == [("only", 1)]
+    b.offer("second", 1, True, now=1.0)
+    assert b.seconds_until_due(1.0) == pytest.approx(10.0)  # "only" may send its next frame
+    b.offer("only", 2, True, now=1.5)
+    assert b.seconds_until_due(1.5) == 0.0
+    assert len(b.take(1.5)) == 2
+    b.offer("only", 3, True, now=2.0)
+    assert b.seconds_until_due(2.0) == pytest.approx(10.0)  # "second" may still send a frame
+    b.offer("second", 2, True, now=2.001)
+    assert b.seconds_until_due(2.001) == 0.0
+    b.forget("second")
+    b.take(2.001)
+    b.offer("only", 4, True, now=3.0)
+    assert b.seconds_until_due(3.0) == 0.0  # a removed stream is not waited for
 
 
 def test_a_silent_stream_never_delays_the_others() -> None:
@@ -126,7 +155,7 @@ def test_a_silent_stream_never_delays_the_others() -> None:
 
 @pytest.mark.parametrize("realtime", [True, False])
 def test_duplicate_and_old_announcements_are_ignored(realtime: bool) -> None:
-    b = Batcher(max_batch=4, max_wait_s=WAIT)
+    b = with_idle_streams(Batcher(max_batch=4, max_wait_s=WAIT), 1)
     b.offer("a", 1, realtime, now=0.0)
     assert items(b.take(0.01)) == [("a", 1)]
     b.offer("a", 1, realtime, now=0.02)  # duplicate of a frame already taken
