@@ -152,10 +152,11 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         if isinstance(stream, dict) and isinstance(stream.get("url"), str) and source_kind(stream["url"]) == "file":
             stream["url"] = _resolve(stream["url"], path.parent)
     counts = data.get("counts")
-    if isinstance(counts, dict) and isinstance(counts.get("path"), str):
-        counts["path"] = _resolve(counts["path"], path.parent)
-    elif counts is None and isinstance(data, dict):
-        data["counts"] = {"path": _resolve("state/counts.db", path.parent)}
+    if counts is None:
+        counts = data["counts"] = {}
+    if isinstance(counts, dict):
+        counts["path"] = _resolve(counts["path"], path.parent) if isinstance(counts.get("path"), str) \
+            else default_counts_path(path.parent, env)
     for sink in data.get("sinks") or []:
         if not isinstance(sink, dict):
             continue
@@ -182,6 +183,12 @@ def _find_pipeline_file(name: str, config_dir: Path) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+def default_counts_path(config_dir: Path, env: dict[str, str]) -> str:
+    """The state directory systemd gives the service ($STATE_DIRECTORY), else state/ beside the config file."""
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return os.path.join(state, "counts.db") if state else os.path.normpath(config_dir / "state" / "counts.db")
 
 
 def _resolve(value: str, base: Path) -> str:

@@ -312,7 +312,8 @@ class SupervisorConfig(Strict):
 
 
 class CountsConfig(Strict):
-    path: str = Field("state/counts.db", description="SQLite file of durable counts (relative: to the config file).")
+    path: str = Field("state/counts.db", description="SQLite file of durable counts (relative: to the config file). "
+                      "Default: counts.db in $STATE_DIRECTORY under systemd, else state/counts.db beside the config.")
     timezone: str = Field("UTC", description="IANA time zone of hour and shift windows, e.g. Europe/Berlin.")
     shifts: list[str] = Field(
         default_factory=lambda: ["06:00", "14:00", "22:00"], min_length=1,

@@ -537,3 +537,14 @@ def test_shipped_demo_config_needs_its_video_and_takes_it_from_the_environment()
     assert cfg.counts.path == "/s/counts.db"
     assert cfg.streams[0].url == "/v.mp4" and cfg.streams[0].realtime is False
     assert cfg.pipelines["conveyor"].model == os.path.normpath(path.parent / "../models/conveyor.onnx")
+
+
+@pytest.mark.parametrize("counts", ["", "counts:\n  timezone: Europe/Berlin\n"])
+def test_counts_default_to_the_state_directory(tmp_path: Path, counts: str) -> None:
+    path = write(tmp_path / "etc" / "streamd.yaml", "streams:\n  - {name: cam, url: rtsp://cam/1, pipeline: p}\n"
+                 "pipelines:\n  p: {model: m.onnx}\n" + counts)
+    beside = load_config(path, env={}).config.counts.path
+    assert beside == str(tmp_path / "etc" / "state" / "counts.db")
+    # under systemd (StateDirectory=streamd): the only writable place, whatever the config says otherwise
+    systemd = load_config(path, env={"STATE_DIRECTORY": "/var/lib/streamd"}).config.counts.path
+    assert systemd == "/var/lib/streamd/counts.db"
