@@ -1,8 +1,18 @@
 """Letterbox / plain-resize pre-processing into a reusable batch buffer, and mapping boxes back to the source.
 
 Every model family wants its pixels differently (letterbox or stretch, pad position, channel order,
-scaling, mean/std); a ``PreprocessSpec`` says which, adapters carry the family's defaults and a
-pipeline may override single fields (``with_overrides``).
+scaling, mean/std, how the frame is resampled); a ``PreprocessSpec`` says which, adapters carry the
+family's defaults and a pipeline may override single fields (``with_overrides``).
+
+Resampling matters more than it looks. ultralytics resizes 8-bit pixels with OpenCV's INTER_LINEAR, so
+``resize="linear"`` into a uint8 buffer is exact for it and the cheapest path. PyTorch-side frameworks
+(rfdetr's predict, torchvision's detection transform) resize float pixels with bilinear interpolation,
+half-pixel centres and no antialiasing: the same kernel as INTER_LINEAR, but without rounding every
+resized pixel to a whole grey level. That rounding (up to 0.5 grey level, plus OpenCV's 11-bit fixed-point
+weights) is enough to change which queries a DETR's top-k query selection keeps, so those adapters default
+to ``resize="linear_float"``: OpenCV INTER_LINEAR on float32 pixels, which agrees with
+``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` to ~1e-4 grey levels, written
+into a float32 buffer (``PreprocessSpec.pixel_dtype``).
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ import cv2
 import numpy as np
 
 PadPosition = Literal["center", "top_left"]
+Resize = Literal["linear", "linear_float", "area"]
+RESIZE_MODES = ("linear", "linear_float", "area")
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,19 @@ class PreprocessSpec:
     scale: float = 1.0 / 255.0  # multiplied into the pixel values
     mean: tuple[float, float, float] | None = None  # subtracted after scaling, in the model's channel order
     std: tuple[float, float, float] | None = None  # divided by after the mean
+    # linear: OpenCV INTER_LINEAR on 8-bit pixels (ultralytics, YOLOX); linear_float: the same kernel on float
+    # pixels, no rounding (PyTorch bilinear, antialias=False: rfdetr, torchvision); area: OpenCV INTER_AREA on
+    # 8-bit pixels, an antialiased downscale close to (not equal to) PIL / torchvision antialias=True
+    resize: Resize = "linear"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
+
+    @property
+    def pixel_dtype(self) -> type[np.generic]:
+        """dtype of the resized-pixel buffer (``letterbox_into``'s ``dst``): float32 keeps linear_float's precision."""
+        return np.float32 if self.resize == "linear_float" else np.uint8
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> PreprocessSpec:
         """This spec with the fields a pipeline set (None values mean "keep the adapter's default")."""
@@ -58,12 +83,25 @@ class Transform:
         return out
 
 
+def _resize(image: np.ndarray, size: tuple[int, int], spec: PreprocessSpec, dst_dtype: np.dtype) -> np.ndarray:
+    """``image`` resized to ``size`` (w, h) as ``spec.resize`` says, in a dtype assignable to ``dst_dtype``."""
+    if spec.resize == "linear":
+        return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    if spec.resize == "area":
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    if dst_dtype == np.uint8:  # no float buffer given: round rather than truncate on assignment
+        return np.clip(np.rint(resized), 0, 255, out=resized).astype(np.uint8)
+    return resized
+
+
 def letterbox_into(image: np.ndarray, dst: np.ndarray, spec: PreprocessSpec) -> Transform:
-    """Resize ``image`` (H x W x 3 BGR) into ``dst`` (h x w x 3 uint8) as ``spec`` says; returns the transform."""
+    """Resize ``image`` (H x W x 3 BGR uint8) into ``dst`` (h x w x 3, of ``spec.pixel_dtype``) as ``spec`` says;
+    returns the transform. A uint8 ``dst`` with ``resize="linear_float"`` gets the float result rounded."""
     dst_h, dst_w = dst.shape[:2]
     src_h, src_w = image.shape[:2]
     if not spec.letterbox:
-        dst[...] = cv2.resize(image, (dst_w, dst_h), interpolation=cv2.INTER_LINEAR)
+        dst[...] = _resize(image, (dst_w, dst_h), spec, dst.dtype)
         transform = Transform(dst_w / src_w, dst_h / src_h, 0.0, 0.0)
     else:
         ratio = min(dst_w / src_w, dst_h / src_h)
@@ -73,7 +111,7 @@ def letterbox_into(image: np.ndarray, dst: np.ndarray, spec: PreprocessSpec) -> 
         else:
             left, top = 0, 0
         dst[...] = spec.pad_value
-        dst[top : top + new_h, left : left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        dst[top : top + new_h, left : left + new_w] = _resize(image, (new_w, new_h), spec, dst.dtype)
         # the scale each axis really got (sides are rounded to whole pixels), as ultralytics maps boxes back
         transform = Transform(new_w / src_w, new_h / src_h, float(left), float(top))
     if spec.rgb:
@@ -82,7 +120,7 @@ def letterbox_into(image: np.ndarray, dst: np.ndarray, spec: PreprocessSpec) -> 
 
 
 def to_tensor(batch: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> np.ndarray:
-    """uint8 NHWC -> NCHW scaled (then mean/std normalised), written into ``out`` (preallocated, float32 or
+    """uint8 (or float32, see ``PreprocessSpec.pixel_dtype``) NHWC -> NCHW scaled (then mean/std normalised), written into ``out`` (preallocated, float32 or
     float16: the dtype of ``out`` decides, so FP16 models get their input without another copy)."""
     np.multiply(batch.transpose(0, 3, 1, 2), np.float32(spec.scale), out=out, casting="unsafe")
     if spec.mean is not None:

@@ -2,7 +2,10 @@
 ``boxes`` [N, 4] xyxy in input pixels, ``scores`` [N], ``labels`` [N] — or the same with a leading batch axis.
 
 torchvision's models resize and normalise inside the graph and run their own NMS, so streamd only
-stretches the frame to the model input (RGB, /255) and reads the three tensors. Unbatched exports take a
+stretches the frame to the model input (RGB, /255) and reads the three tensors. The stretch resizes float
+pixels (``resize="linear_float"``), as torchvision's own transform does (bilinear, antialias=False): an
+8-bit resize would round every pixel first. tools.export.frameworks.export_torchvision fixes the model's
+transform to the input size, so the eager model stretches a frame exactly so too. Unbatched exports take a
 [3, H, W] input: LoadedModel runs them one image at a time and pads the outputs to a common length.
 """
 
@@ -18,7 +21,7 @@ from streamd.infer.preprocess import PreprocessSpec
 class TorchvisionAdapter(Adapter):
     name = "torchvision"
     description = "torchvision detection export: boxes [N, 4] xyxy, scores [N], labels [N]; NMS in the model"
-    preprocess = PreprocessSpec(letterbox=False, rgb=True, scale=1 / 255)
+    preprocess = PreprocessSpec(letterbox=False, rgb=True, scale=1 / 255, resize="linear_float")
 
     @classmethod
     def _indices(cls, info: ModelInfo) -> tuple[int, int, int] | None:
