@@ -46,8 +46,8 @@ def prepare_offline_hf() -> None:
 def _import_rfdetr() -> Any:
     prepare_offline_hf()
     try:
-        import pytorch_lightning  # noqa: F401  (rfdetr's trainer; only in its `train` extra)
         import rfdetr
+        import pytorch_lightning  # noqa: F401  (rfdetr's trainer; only in its `train` extra)
     except ModuleNotFoundError as exc:
         raise TrainError(f"--framework rfdetr needs the `{exc.name}` package, which {sys.executable} lacks; "
                          "install it with: pip install 'rfdetr[train]>=1.11'") from exc
@@ -105,7 +105,7 @@ def _fit(opts: TrainOptions, resume: Path | None) -> Path:
         grad_accum_steps=1, lr=opts.lr0, lr_encoder=opts.lr0 * 1.5, weight_decay=opts.weight_decay,
         num_workers=opts.workers, seed=opts.seed, device=opts.device, class_names=read_names(opts.data),
         resume=str(resume) if resume else None, progress_bar="tqdm", tensorboard=False,
-        checkpoint_interval=max(opts.epochs, 1),  # keep last.ckpt and the best; no per-10-epoch copies
+        checkpoint_interval=10**6,  # last.ckpt and the best only: no 480 MB archive every 10 epochs
     )
     return summarize(run_dir, opts)
 

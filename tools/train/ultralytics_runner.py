@@ -11,7 +11,7 @@ from typing import Any
 
 from tools.dataset.yolo import read_names
 from tools.offline import prepare_offline_ultralytics
-from tools.train.options import TrainOptions, best_row, save_options, write_summary
+from tools.train.options import TrainError, TrainOptions, best_row, save_options, write_summary
 
 
 def _model_class(framework: str) -> Any:
@@ -39,7 +39,15 @@ def train(opts: TrainOptions) -> Path:
 
 def resume(checkpoint: Path, opts: TrainOptions | None, framework: str) -> Path:
     """Continue an interrupted run from its last.pt; ultralytics restores every setting from the file."""
-    model = _model_class(framework)(str(checkpoint))
+    cls = _model_class(framework)
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:  # ultralytics strips both when a run ends
+        raise TrainError(f"{checkpoint} is from a finished run (ultralytics resumes only interrupted ones); "
+                         f"to train further start a new run: --weights {checkpoint} --epochs N --name NEW")
+    del ckpt
+    model = cls(str(checkpoint))
     model.train(resume=True)
     run_dir = Path(model.trainer.save_dir)
     return summarize(run_dir, opts) if opts else run_dir
