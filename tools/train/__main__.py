@@ -94,7 +94,20 @@ def options_from(args: argparse.Namespace) -> TrainOptions:
     return opts
 
 
+def _check(opts: TrainOptions) -> None:
+    """Framework-specific refusals, before anything is printed or converted."""
+    if opts.framework == "rfdetr":
+        from tools.train import rfdetr_runner
+
+        rfdetr_runner.check(opts)
+    elif opts.framework == "torchvision":
+        from tools.train import torchvision_runner
+
+        torchvision_runner.check(opts)
+
+
 def _train(opts: TrainOptions) -> Path:
+    _check(opts)
     print(f"tools.train: {opts.framework} {opts.model} on {opts.data}: {opts.epochs} epochs, imgsz {opts.imgsz}, "
           f"batch {opts.batch}, lr0 {opts.lr0}, momentum {opts.momentum}, weight decay {opts.weight_decay}, "
           f"seed {opts.seed}, device {opts.device} -> {opts.run_dir}"

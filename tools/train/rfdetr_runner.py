@@ -11,6 +11,7 @@ weights/best.pth; last.ckpt (full trainer state) is what --resume continues from
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import shutil
@@ -47,7 +48,8 @@ def _import_rfdetr() -> Any:
     prepare_offline_hf()
     try:
         import rfdetr
-        import pytorch_lightning  # noqa: F401  (rfdetr's trainer; only in its `train` extra)
+
+        importlib.import_module("pytorch_lightning")  # rfdetr's trainer, only in its `train` extra
     except ModuleNotFoundError as exc:
         raise TrainError(f"--framework rfdetr needs the `{exc.name}` package, which {sys.executable} lacks; "
                          "install it with: pip install 'rfdetr[train]>=1.11'") from exc

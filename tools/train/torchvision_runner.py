@@ -31,12 +31,17 @@ ARCHS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large
          "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
 
 
+def check(opts: TrainOptions) -> None:
+    if opts.model not in ARCHS:
+        raise TrainError(f"--model {opts.model!r} is not a torchvision detector tools.train builds; "
+                         f"choose one of {', '.join(ARCHS)}")
+
+
 def build_model(arch: str, num_classes: int, imgsz: int) -> Any:
     """An untrained detector: no weights fetched (weights=None, weights_backbone=None); the model resizes
     every image so its longer side is ``imgsz`` (min_size=max_size=imgsz)."""
     if arch not in ARCHS:
-        raise TrainError(f"--model {arch!r} is not a torchvision detector tools.train builds; "
-                         f"choose one of {', '.join(ARCHS)}")
+        raise TrainError(f"{arch!r} is not one of the torchvision detectors tools.train builds: {', '.join(ARCHS)}")
     from torchvision.models import get_model
 
     return get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes,
