@@ -94,11 +94,10 @@ def test_one_epoch_offline_writes_the_common_run_folder(framework: str, runs, py
     saved = json.loads((run_dir / "streamd_train.json").read_text())
     assert saved["framework"] == framework and saved["epochs"] == 1 and saved["imgsz"] == IMGSZ
     # the best weights rebuild into a model that knows the classes (what tools.export starts from)
-    runner = {"yolo": "ultralytics_runner", "rtdetr": "ultralytics_runner"}.get(framework, f"{framework}_runner")
     names = {"yolo": "list(m.names.values())", "rtdetr": "list(m.names.values())", "rfdetr": "m.class_names",
              "torchvision": "m.names"}[framework]
-    code = (f"from pathlib import Path; from tools.train.{runner} import load_trained; "
-            f"m = load_trained(Path({str(best)!r})); print('NAMES', {names})")
+    code = (f"from pathlib import Path; from tools.train.load import load_trained; "  # framework read from the run
+            f"m = load_trained(None, Path({str(best)!r})); print('NAMES', {names})")
     proc = subprocess.run([python, "-c", code], cwd=REPO, env={**os.environ, **OFFLINE}, capture_output=True,
                           text=True, timeout=300)
     assert f"NAMES {list(CLASSES)}" in proc.stdout, proc.stderr[-3000:]
