@@ -9,17 +9,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
 from streamd.infer.model import LoadedModel
 from streamd.infer.postprocess import Candidates, PostprocessParams, finish
 from streamd.infer.preprocess import letterbox_into, to_tensor
-from tests.conftest import REPO, require
+from tests.conftest import MEDIA, REPO, require
 
 # Exported models are cached here between runs (gitignored: out/ is): CI keeps the folder warm.
 CACHE = Path(os.environ.get("STREAMD_REFERENCE_CACHE", REPO / "out" / "reference-cache"))
 REF_SCRIPT = Path(__file__).with_name("ultra_ref.py")
+
+# Real frames of the framework-equality tests: whole (960 x 540, 1920 x 1080, 640 x 4xx) and cropped.
+VIDEO_FRAMES = {"Traffic.mp4": (30, 200), "TrafficHD_short.mp4": (10,)}
+COCO_FRAMES = ("000000000025.jpg", "000000000154.jpg")
 
 BOX_TOLERANCE_PX = 1.0
 SCORE_TOLERANCE = 1e-3
@@ -129,3 +134,35 @@ def cached_path(name: str, *scripts: Path, suffix: str = ".onnx") -> Path:
         if stale != path and stale.name.removeprefix(f"{name}-").removesuffix(suffix).isalnum():
             stale.unlink(missing_ok=True)
     return path
+
+
+def reference_frames(folder: Path) -> list[Path]:
+    """Whole video frames and coco128 images as PNG files."""
+    require((MEDIA / "videos" / "Traffic.mp4").is_file(), f"Traffic.mp4 not found under {MEDIA} (set STREAMD_MEDIA)")
+    paths = []
+    for video, wanted in VIDEO_FRAMES.items():
+        with av.open(str(MEDIA / "videos" / video)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    paths.append(folder / f"{Path(video).stem}-{i}.png")
+                    cv2.imwrite(str(paths[-1]), frame.to_ndarray(format="bgr24"))
+                if i >= max(wanted):
+                    break
+    for name in COCO_FRAMES:
+        image = cv2.imread(str(MEDIA / "datasets" / "coco128" / "images" / name))
+        require(image is not None, f"coco128 image {name} not found under {MEDIA}")
+        paths.append(folder / name.replace(".jpg", ".png"))
+        cv2.imwrite(str(paths[-1]), image)
+    return paths
+
+
+def centre_crops(frames: list[Path], folder: Path, size: int) -> list[Path]:
+    """The centre ``size`` x ``size`` of each frame (the model resolution: nothing is resized)."""
+    paths = []
+    for path in frames:
+        image = cv2.imread(str(path))
+        h, w = image.shape[:2]
+        top, left = (h - size) // 2, (w - size) // 2
+        paths.append(folder / f"{path.stem}-crop.png")
+        cv2.imwrite(str(paths[-1]), image[top : top + size, left : left + size])
+    return paths

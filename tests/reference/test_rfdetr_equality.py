@@ -18,24 +18,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
-import cv2
 import numpy as np
 import pytest
 
 from streamd.infer.inspect import inspect_model
 from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
-from tests.conftest import MEDIA, require
-from tests.reference.compare import cached_path, compare, detect_files, run_train, train_python
+from tests.reference.compare import (cached_path, centre_crops, compare, detect_files, reference_frames, run_train,
+                                     train_python)
 
 pytestmark = pytest.mark.reference
 
 REF_SCRIPT = Path(__file__).with_name("rfdetr_ref.py")
 EXPORT_CODE = Path(__file__).resolve().parents[2] / "tools" / "export" / "frameworks.py"
 IMGSZ = 256  # rfdetr_ref.RESOLUTION: see there why not nano's default 384
-VIDEO_FRAMES = {"Traffic.mp4": (30, 200), "TrafficHD_short.mp4": (10,)}
-COCO = ("000000000025.jpg", "000000000154.jpg")
 QUANTILE = 0.9  # of the top-300 scores: ~30 detections per frame
 
 
@@ -48,43 +44,11 @@ def exported() -> Path:
     return path
 
 
-def source_frames(folder: Path) -> list[Path]:
-    """Whole video frames and coco128 images as PNG files."""
-    require((MEDIA / "videos" / "Traffic.mp4").is_file(), f"Traffic.mp4 not found under {MEDIA} (set STREAMD_MEDIA)")
-    paths = []
-    for video, wanted in VIDEO_FRAMES.items():
-        with av.open(str(MEDIA / "videos" / video)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted:
-                    paths.append(folder / f"{Path(video).stem}-{i}.png")
-                    cv2.imwrite(str(paths[-1]), frame.to_ndarray(format="bgr24"))
-                if i >= max(wanted):
-                    break
-    for name in COCO:
-        image = cv2.imread(str(MEDIA / "datasets" / "coco128" / "images" / name))
-        require(image is not None, f"coco128 image {name} not found under {MEDIA}")
-        paths.append(folder / name.replace(".jpg", ".png"))
-        cv2.imwrite(str(paths[-1]), image)
-    return paths
-
-
-def crops(frames: list[Path], folder: Path, size: int) -> list[Path]:
-    """The centre ``size`` x ``size`` of each frame (the model resolution: nothing is resized)."""
-    paths = []
-    for path in frames:
-        image = cv2.imread(str(path))
-        h, w = image.shape[:2]
-        top, left = (h - size) // 2, (w - size) // 2
-        paths.append(folder / f"{path.stem}-crop.png")
-        cv2.imwrite(str(paths[-1]), image[top : top + size, left : left + size])
-    return paths
-
-
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     folder = tmp_path_factory.mktemp("rfdetr-frames")
-    whole = source_frames(folder)
-    return {"model-resolution": crops(whole, folder, IMGSZ), "downscaled": whole}
+    whole = reference_frames(folder)
+    return {"model-resolution": centre_crops(whole, folder, IMGSZ), "downscaled": whole}
 
 
 def pick_threshold(model_path: Path, images: list[Path]) -> float:

@@ -139,7 +139,9 @@ def export_torchvision(model: Any, out_path: str | Path, imgsz: int, names: Name
                           dynamic_axes={"boxes": {0: "detections"}, "scores": {0: "detections"},
                                         "labels": {0: "detections"}}, dynamo=False)
     slots = _torchvision_classes(model)
-    write_metadata(out_path, "torchvision", imgsz, slot_names(names, slots if slots else len(names)))
+    if slots is None:
+        slots = max(names) + 1 if isinstance(names, Mapping) else len(names)
+    write_metadata(out_path, "torchvision", imgsz, slot_names(names, slots))
     return out_path
 
 
@@ -149,8 +151,8 @@ def _torchvision_classes(model: Any) -> int | None:
     predictor = getattr(heads, "box_predictor", None)
     if predictor is not None and hasattr(predictor, "cls_score"):
         return int(predictor.cls_score.out_features)
-    head = getattr(model, "head", None)
-    classifier = getattr(head, "classification_head", None)
-    if classifier is not None and hasattr(classifier, "num_classes"):
-        return int(classifier.num_classes)
+    classifier = getattr(getattr(model, "head", None), "classification_head", None)
+    for attribute in ("num_columns", "num_classes"):  # SSD / SSDlite; RetinaNet / FCOS
+        if hasattr(classifier, attribute):
+            return int(getattr(classifier, attribute))
     return None
