@@ -78,13 +78,14 @@ def options_from(args: argparse.Namespace) -> TrainOptions:
     framework = args.framework or "yolo"
     d = DEFAULTS[framework]
     opts = TrainOptions(
-        framework=framework, data=_data_yaml(args.data), model=args.model or d.model, weights=args.weights,
+        framework=framework, data=_data_yaml(args.data).resolve(), model=args.model or d.model,
+        weights=args.weights.resolve() if args.weights else None,
         epochs=args.epochs or 40, imgsz=args.imgsz, batch=args.batch or d.batch,
         lr0=d.lr0 if args.lr0 is None else args.lr0, momentum=d.momentum if args.momentum is None else args.momentum,
         weight_decay=d.weight_decay if args.weight_decay is None else args.weight_decay,
         optimizer=args.optimizer or d.optimizer, seed=args.seed,
         workers=2 if args.workers is None else args.workers, device=args.device or "cpu",
-        project=args.project, name=args.name,
+        project=args.project.resolve(), name=args.name,  # absolute: --resume may run from anywhere
     )
     if opts.weights is not None and not opts.weights.is_file():
         raise TrainError(f"--weights {opts.weights} does not exist; give a weights file you have")
@@ -147,7 +148,8 @@ def _resume(args: argparse.Namespace) -> Path:
     if saved is None:
         raise TrainError(f"{run_dir} has no streamd_train.json, so its options are unknown; start a new run")
     opts = replace(saved.with_epochs(args.epochs), device=args.device or saved.device,
-                   workers=saved.workers if args.workers is None else args.workers)
+                   workers=saved.workers if args.workers is None else args.workers,
+                   project=run_dir.resolve().parent, name=run_dir.name)  # the folder may have moved
     if framework == "rfdetr":
         from tools.train import rfdetr_runner
 
