@@ -93,25 +93,22 @@ def _logit_slots(path: Path) -> int:
     raise ValueError(f"rfdetr export {path} has no `labels` output (outputs: {[o.name for o in proto.graph.output]})")
 
 
-class _SingleImage:
-    """Factory of the wrapper module (torch is imported lazily, so this module imports without it)."""
+def _single_image(detector: Any) -> Any:
+    """``detector`` as a module taking one [3, H, W] image in 0..1 and returning (boxes, scores, labels), the
+    order streamd's adapter reads (torchvision returns a dict per image). Defined here so this module
+    imports without torch."""
+    import torch
 
-    @staticmethod
-    def wrap(model: Any) -> Any:
-        import torch
+    class SingleImage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.detector = detector
 
-        class SingleImage(torch.nn.Module):
-            """[3, H, W] in 0..1 -> (boxes, scores, labels) of that image: the order streamd's adapter reads."""
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            (out,) = self.detector([image])
+            return out["boxes"], out["scores"], out["labels"]
 
-            def __init__(self, detector: torch.nn.Module):
-                super().__init__()
-                self.detector = detector
-
-            def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-                (out,) = self.detector([image])
-                return out["boxes"], out["scores"], out["labels"]
-
-        return SingleImage(model)
+    return SingleImage()
 
 
 def export_torchvision(model: Any, out_path: str | Path, imgsz: int, names: Names) -> Path:
@@ -130,7 +127,7 @@ def export_torchvision(model: Any, out_path: str | Path, imgsz: int, names: Name
                          f"export_torchvision takes torchvision.models.detection models")
     transform.fixed_size = (imgsz, imgsz)
     model.eval()
-    wrapper = _SingleImage.wrap(model).eval()
+    wrapper = _single_image(model).eval()
     example = torch.rand(3, imgsz, imgsz)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
