@@ -149,6 +149,9 @@ class PreprocessOverrides(Strict):
     scale: float | None = Field(None, gt=0, description="Multiplied into the 0..255 pixel values, e.g. 0.00392 (1/255).")
     mean: tuple[float, float, float] | None = Field(None, description="Subtracted per channel after scaling.")
     std: tuple[float, float, float] | None = Field(None, description="Divided per channel after the mean.")
+    resize: Literal["linear", "linear_float", "area"] | None = Field(
+        None, description="How the frame is resampled: linear (OpenCV bilinear on 8-bit pixels), linear_float "
+        "(bilinear on float pixels, as PyTorch, rfdetr and torchvision do), area (OpenCV INTER_AREA).")
 
     @field_validator("std")
     @classmethod

@@ -48,7 +48,7 @@ class InferenceStage(Stage):
         self.frames_in = sockets.pull(self.ctx, self.spec.endpoints.inference(p["model_key"]), hwm=10_000)
         self.detections_out = sockets.push(self.ctx, self.spec.endpoints.analytics, hwm=1000)
         h, w = self.model.input_hw
-        self._pixels = np.zeros((cfg.max_batch, h, w, 3), np.uint8)
+        self._pixels = np.zeros((cfg.max_batch, h, w, 3), self.model.adapter.preprocess.pixel_dtype)
         self._tensor = np.zeros((cfg.max_batch, 3, h, w), np.float32)
         self.streams: dict[str, _StreamState] = {}
         self._retired: deque[str] = deque(maxlen=64)  # rings removed by reloads

@@ -35,7 +35,7 @@ class Detector:
         self.params = params
         self.max_batch = max_batch
         h, w = model.input_hw
-        self._pixels = np.zeros((max_batch, h, w, 3), np.uint8)
+        self._pixels = np.zeros((max_batch, h, w, 3), model.adapter.preprocess.pixel_dtype)
         self._tensor = np.zeros((max_batch, 3, h, w), model.input_dtype)
         self.timings = Timings()
 

@@ -35,7 +35,7 @@ class ImageReader(CalibrationDataReader):
         image = cv2.imread(str(path))
         if image is None:
             raise ValueError(f"calibration image {path} cannot be read")
-        pixels = np.zeros((1, *self._hw, 3), np.uint8)
+        pixels = np.zeros((1, *self._hw, 3), self._spec.pixel_dtype)
         letterbox_into(image, pixels[0], self._spec)
         tensor = np.zeros((1, 3, *self._hw), np.float32)
         self._bar.update(1)
