@@ -155,3 +155,36 @@ def test_rfdetr_missing_is_named_with_the_install_command(data: Path, tmp_path: 
     proc = run(sys.executable, "tools.train", "--framework", "rfdetr", "--data", str(data), "--project", str(tmp_path))
     assert proc.returncode == 1
     assert "pip install 'rfdetr[train]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+ADAPTER = {"yolo": "ultralytics", "rtdetr": "rtdetr", "rfdetr": "rfdetr", "torchvision": "torchvision"}
+
+
+@pytest.mark.parametrize("framework", ["yolo", "rtdetr", "rfdetr", "torchvision"])
+def test_trained_weights_export_to_a_model_the_daemon_configures_itself_from(
+        framework: str, runs, python: str, data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    from streamd.infer.model import load_model
+    from streamd.infer.postprocess import PostprocessParams
+    from tools.evaluate.runner import Detector
+
+    best = runs(framework) / "weights" / BEST[framework]
+    out = tmp_path / f"{framework}.onnx"
+    prune = ["--prune", "0.3"] if framework == "torchvision" else []  # pruning works on any torch detector
+    ok(run(python, "tools.export", "--weights", str(best), "--imgsz", str(IMGSZ), "--out", str(out), *prune))
+    model = load_model(str(out))  # adapter, input size and names all from the file's metadata
+    assert model.adapter.name == ADAPTER[framework] and model.input_hw == (IMGSZ, IMGSZ)
+    offset = 1 if framework == "torchvision" else 0  # torchvision's label 0 is the background
+    assert model.names[offset : offset + len(CLASSES)] == list(CLASSES)
+    image = cv2.imread(str(next((data.parent / "images" / "val").glob("*"))))
+    (found,) = Detector(model, PostprocessParams(confidence=0.0, iou=0.7, max_detections=50)).detect([image])
+    h, w = image.shape[:2]  # one epoch finds little, but whatever it finds is mapped into the source frame
+    assert len(found.confidence) <= 50
+    assert ((found.xyxy >= 0) & (found.xyxy <= [w, h, w, h])).all()
+    if prune:
+        from tools.export.prune import onnx_sparsity
+
+        pruned = out.with_name(f"{framework}.pruned.onnx")
+        assert onnx_sparsity(str(pruned)) >= 0.25 > onnx_sparsity(str(out))
+        assert load_model(str(pruned)).info.metadata["streamd_precision"] == "fp32-pruned"

@@ -5,8 +5,9 @@
   python -m tools.export --onnx streamd/models/conveyor.onnx --out build/conveyor.onnx --fp16 --int8-dynamic \\
       --int8 --calibration datasets/conveyor/images/val --val-data datasets/conveyor/data.yaml --val-split val
 
-Writes OUT (float32, dynamic batch) with class names, input size, stride and adapter in the ONNX
-metadata (from --weights: ultralytics export + onnxslim; from --onnx: a copy). Variants beside it:
+Writes OUT (float32) with class names, input size and adapter in the ONNX metadata. From --weights
+(any tools.train run's best weights, or an ultralytics .pt): YOLO/RT-DETR via ultralytics' export +
+onnxslim (dynamic batch), RF-DETR via rfdetr's exporter, Faster R-CNN via torch.onnx; from --onnx: a copy. Variants beside it:
   --fp16          OUT.fp16.onnx      float16 weights and activations, float32 inputs/outputs
   --int8-dynamic  OUT.int8dyn.onnx   INT8 weights, activations quantised at run time with one scale per
                                      tensor, so an image's output depends on its batch partners: only
@@ -40,37 +41,74 @@ def _stem(out: Path) -> str:
     return out.name.removesuffix(".onnx")
 
 
+def weights_framework(weights: Path) -> str:
+    """The framework that trained ``weights``: its tools.train run folder says; a bare .pt is ultralytics'."""
+    from tools.train.load import framework_of
+    from tools.train.options import TrainError
+
+    try:
+        return framework_of(weights)
+    except TrainError:
+        return "yolo"
+
+
 def export_weights(args: argparse.Namespace) -> None:
-    from tools.offline import prepare_offline_ultralytics
-
-    prepare_offline_ultralytics()
-    from ultralytics import YOLO
-
-    def export_to(out: Path, precision: str, prune_amount: float | None = None) -> None:
-        model = YOLO(str(args.weights))
-        if prune_amount is not None:
-            from tools.export.prune import prune_magnitude
-
-            sparsity = prune_magnitude(model.model, prune_amount)
-            print(f"pruned {sparsity:.1%} of the convolution weights (global magnitude)")
-        exported = Path(model.export(format="onnx", imgsz=args.imgsz, dynamic=True, simplify=True,
-                                     opset=args.opset, device="cpu"))
-        shutil.copyfile(exported, out)
-        proto = onnx.load(str(out))
-        set_metadata(proto, {"streamd_adapter": "ultralytics", "streamd_precision": precision,
-                             "streamd_input_size": f"{args.imgsz},{args.imgsz}"})
-        onnx.save(proto, str(out))
-
-    export_to(args.out, "fp32")
+    """FP32 export of ``--weights`` (and its magnitude-pruned twin with ``--prune``) for any tools.train framework."""
+    framework = weights_framework(args.weights)
+    print(f"{args.weights}: {framework} weights")
+    export_to = _export_ultralytics if framework in ("yolo", "rtdetr") else _export_torch
+    export_to(args, framework, args.out, "fp32")
     if args.prune is not None:
-        export_to(args.out.with_name(_stem(args.out) + ".pruned.onnx"), "fp32-pruned", args.prune)
+        export_to(args, framework, args.out.with_name(_stem(args.out) + ".pruned.onnx"), "fp32-pruned", args.prune)
+
+
+def _prune(module: object, amount: float | None) -> None:
+    if amount is not None:
+        from tools.export.prune import prune_magnitude
+
+        print(f"pruned {prune_magnitude(module, amount):.1%} of the convolution and linear weights (global magnitude)")
+
+
+def _export_ultralytics(args: argparse.Namespace, framework: str, out: Path, precision: str,
+                        prune_amount: float | None = None) -> None:
+    from tools.train.load import load_trained
+
+    model = load_trained(framework, args.weights)  # YOLO or RTDETR, read from the checkpoint
+    _prune(model.model, prune_amount)
+    exported = Path(model.export(format="onnx", imgsz=args.imgsz, dynamic=True, simplify=True,
+                                 opset=args.opset, device="cpu"))
+    shutil.copyfile(exported, out)
+    proto = onnx.load(str(out))
+    adapter = "rtdetr" if type(model).__name__ == "RTDETR" else "ultralytics"
+    set_metadata(proto, {"streamd_adapter": adapter, "streamd_precision": precision,
+                         "streamd_input_size": f"{args.imgsz},{args.imgsz}"})
+    onnx.save(proto, str(out))
+
+
+def _export_torch(args: argparse.Namespace, framework: str, out: Path, precision: str,
+                  prune_amount: float | None = None) -> None:
+    """RF-DETR and torchvision Faster R-CNN: each framework's own export path, at the size it was trained at."""
+    from tools.export.frameworks import export_rfdetr, export_torchvision
+    from tools.train.load import load_trained
+
+    model = load_trained(framework, args.weights)
+    if framework == "rfdetr":
+        _prune(model.model.model, prune_amount)
+        export_rfdetr(model, out)
+    else:
+        _prune(model, prune_amount)
+        export_torchvision(model, out, model.imgsz, ["background", *model.names])  # label 0 is background
+    proto = onnx.load(str(out))
+    set_metadata(proto, {"streamd_precision": precision})
+    onnx.save(proto, str(out))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", type=Path, help="ultralytics .pt to export (needs the train extra)")
+    source.add_argument("--weights", type=Path, help="trained weights to export: tools.train's best.pt/best.pth of any "
+                        "framework, or an ultralytics .pt (needs the train extra)")
     source.add_argument("--onnx", type=Path, help="an existing float32 ONNX model to make variants of")
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--out", type=Path, required=True)
