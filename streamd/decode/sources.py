@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -11,6 +12,9 @@ import numpy as np
 from streamd.config.models import StreamConfig
 from streamd.errors import SourceError
 from streamd.redact import redact
+
+# A packet gap this close to read_timeout_s means PyAV's timeout interrupted the read that delivered it.
+STALL_FRACTION = 0.95
 
 # Low-latency demuxing for live sources: no input buffering, no B-frame reordering delay.
 _LIVE_OPTIONS = {"fflags": "nobuffer", "flags": "low_delay"}
@@ -48,11 +52,26 @@ def open_source(stream: StreamConfig) -> av.container.InputContainer:
     return container
 
 
-def decode_frames(container: av.container.InputContainer, live: bool) -> Iterator[DecodedFrame]:
-    """Yield BGR frames. Live sources decode single-threaded: frame threading adds ~2 frames of delay."""
+def decode_frames(container: av.container.InputContainer, live: bool,
+                  read_timeout_s: float | None = None) -> Iterator[DecodedFrame]:
+    """Yield BGR frames. Live sources decode single-threaded: frame threading adds ~2 frames of delay.
+
+    ``read_timeout_s`` (live sources): a gap that long between packets is a stall. PyAV's own read timeout
+    interrupts the blocked read, but the RTSP demuxer may hand over the truncated packet it was reading,
+    which the decoder conceals, and only the next interrupted read raises: twice the timeout. Checking the
+    gap per packet declares the stall after one.
+    """
     video = container.streams.video[0]
     video.thread_type = "SLICE" if live else "AUTO"
     fallback_rate = float(video.average_rate or 25)
-    for index, frame in enumerate(container.decode(video)):
-        pts_s = float(frame.time) if frame.time is not None else index / fallback_rate
-        yield DecodedFrame(image=frame.to_ndarray(format="bgr24"), pts_s=pts_s)
+    index = 0
+    last_packet = time.monotonic()
+    for packet in container.demux(video):
+        now = time.monotonic()
+        if live and read_timeout_s is not None and now - last_packet >= read_timeout_s * STALL_FRACTION:
+            raise SourceError(f"no data for {now - last_packet:.1f} s (read_timeout_s {read_timeout_s}): source stalled")
+        last_packet = now
+        for frame in packet.decode():  # an empty packet at the end flushes the decoder
+            pts_s = float(frame.time) if frame.time is not None else index / fallback_rate
+            index += 1
+            yield DecodedFrame(image=frame.to_ndarray(format="bgr24"), pts_s=pts_s)

@@ -90,7 +90,7 @@ class DecoderStage(Stage):
                 ended, frame_index, pts_offset = self._pump(container, frame_index, skip, pts_offset)
                 skip = 0
                 failures = 0
-            except (av.FFmpegError, OSError) as exc:
+            except (av.FFmpegError, OSError, SourceError) as exc:
                 self.last_error = f"stream {self.stream.name}: read failed: {redact(str(exc))}"
                 ended = False
                 failures += 1
@@ -121,7 +121,8 @@ class DecoderStage(Stage):
         start_wall: float | None = None
         start_pts = 0.0
         last_pts = pts_offset
-        for decoded in decode_frames(container, live=self.stream.is_live):
+        for decoded in decode_frames(container, live=self.stream.is_live,
+                                     read_timeout_s=self.stream.retry.read_timeout_s):
             if self.stop.is_set():
                 return False, frame_index, pts_offset
             if skip > 0:

@@ -332,3 +332,36 @@ def test_rtsp_reconnects_after_server_restart(rtsp_server_handle, media, tmp_pat
 
     code = daemon.stop()
     assert code == 0, f"daemon exit code {code}; log tail:\n{daemon.log_path.read_text()[-3000:]}"
+
+
+def test_rtsp_stall_is_detected_within_the_read_timeout(rtsp_server_handle, media, tmp_path, daemon_factory,
+                                                        subscriber_factory):
+    """A camera that freezes with its TCP connection open (SIGSTOP on the server) is declared lost after about
+    read_timeout_s, not after the operating system's TCP timeout, and the stream comes back when it resumes."""
+    server = rtsp_server_handle
+    read_timeout = 2.0
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path / "stall.yaml", daemon_config(media, [
+        {"name": "cam", "url": server.url,
+         "retry": {"initial_s": 0.3, "max_s": 1.5, "open_timeout_s": 3, "read_timeout_s": read_timeout}},
+    ], endpoint))
+    sub = subscriber_factory(endpoint, ["cam"])
+    daemon = daemon_factory(config)
+    daemon.wait_for("source_state", timeout=30, stream="cam", state="streaming")
+    sub.wait_first("cam", timeout=15)
+
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        daemon.wait_for("source_state", timeout=20, stream="cam", state="backing_off")
+        detected_after = time.monotonic() - frozen
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    print(f"\nstall detected {detected_after:.2f} s after the server froze (read_timeout_s {read_timeout})")
+    # the last frames before the freeze are still buffered in the socket: allow decoding them, then the timeout
+    assert detected_after <= read_timeout + 2.0, f"stall detected only after {detected_after:.1f} s"
+    streaming_before = len(daemon.find("source_state", stream="cam", state="streaming"))
+    _wait_until(lambda: len(daemon.find("source_state", stream="cam", state="streaming")) > streaming_before,
+                20, "source_state streaming after the server resumed", daemon)
+    assert daemon.stop() == 0
