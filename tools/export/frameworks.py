@@ -38,6 +38,14 @@ def slot_names(names: Names, slots: int) -> list[str]:
     return listed + [f"class_{i}" for i in range(len(listed), slots)]
 
 
+def simplify(path: Path) -> None:
+    """Fold constants and fuse what onnxslim can, in place (RF-DETR: ~3000 nodes to ~800; outputs unchanged)."""
+    import onnx
+    import onnxslim
+
+    onnx.save(onnxslim.slim(str(path)), str(path))
+
+
 def write_metadata(path: Path, adapter: str, imgsz: int, names: list[str], extra: dict[str, str] | None = None) -> None:
     """Stamp ``path`` with the keys streamd.infer.model reads (names as a JSON list)."""
     import onnx
@@ -69,6 +77,7 @@ def export_rfdetr(model: Any, out_path: str | Path, imgsz: int | None = None, na
         slots = _logit_slots(exported)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(exported, out_path)
+    simplify(out_path)
     write_metadata(out_path, "rfdetr", imgsz, slot_names(names, slots))
     return out_path
 
@@ -138,6 +147,7 @@ def export_torchvision(model: Any, out_path: str | Path, imgsz: int, names: Name
     slots = _torchvision_classes(model)
     if slots is None:
         slots = max(names) + 1 if isinstance(names, Mapping) else len(names)
+    simplify(out_path)
     write_metadata(out_path, "torchvision", imgsz, slot_names(names, slots))
     return out_path
 
