@@ -3,6 +3,7 @@ the export cache, and the detection-by-detection comparison."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -166,3 +167,22 @@ def centre_crops(frames: list[Path], folder: Path, size: int) -> list[Path]:
         paths.append(folder / f"{path.stem}-crop.png")
         cv2.imwrite(str(paths[-1]), image[top : top + size, left : left + size])
     return paths
+
+
+def pick_threshold(model_path: Path, images: list[Path], quantile: float) -> float:
+    """A confidence threshold at ``quantile`` of all of streamd's scores on ``images``: random-init models
+    have no meaningful threshold, so the comparison cuts where enough detections remain on each side."""
+    from streamd.infer.model import load_model
+
+    model = load_model(str(model_path))
+    everything = detect_files(model, images, PostprocessParams(confidence=0.0, max_detections=1000))
+    return round(float(np.quantile(np.concatenate([c.confidence for c in everything]), quantile)), 4)
+
+
+def framework_reference(script: Path, modules: tuple[str, ...], model_path: Path, images: list[Path],
+                        threshold: float, out: Path) -> list[dict]:
+    """The framework's own detections: ``script predict`` run in the training interpreter."""
+    python = train_python(*modules)
+    run_train(python, str(script), "predict", "--model", str(model_path), "--threshold", str(threshold),
+              "--out", str(out), *map(str, images))
+    return json.loads(out.read_text())

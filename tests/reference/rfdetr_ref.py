@@ -44,6 +44,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from tools.export.frameworks import read_metadata  # noqa: E402
+
 FINGERPRINT_KEY = "streamd_reference_fingerprint"
 RESOLUTION = 256  # 16 x 16 = 256 encoder tokens <= 300 queries: every token becomes a query (see above)
 
@@ -77,21 +79,15 @@ def export(args: argparse.Namespace) -> int:
 
     model = build(args.gain, args.imgsz)
     path = export_rfdetr(model, args.out, args.imgsz)
-    names = json.loads(_metadata(path)["names"])
+    names = json.loads(read_metadata(path)["names"])
     write_metadata(path, "rfdetr", args.imgsz, names,
                    {FINGERPRINT_KEY: fingerprint(model), "streamd_reference_gain": str(args.gain)})
     print(f"{path}: RFDETRNano, {len(names)} logit slots, fingerprint {fingerprint(model)}")
     return 0
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def predict(args: argparse.Namespace) -> int:
-    meta = _metadata(args.model)
+    meta = read_metadata(args.model)
     size = int(meta["streamd_input_size"].split(",")[0])
     model = build(float(meta["streamd_reference_gain"]), size)
     if fingerprint(model) != meta.get(FINGERPRINT_KEY):

@@ -15,17 +15,15 @@ pixels) meets streamd's (the adapter's default resize="linear_float": OpenCV INT
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streamd.infer.inspect import inspect_model
 from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
-from tests.reference.compare import (cached_path, centre_crops, compare, detect_files, reference_frames, run_train,
-                                     train_python)
+from tests.reference.compare import (cached_path, centre_crops, compare, detect_files, framework_reference,
+                                     pick_threshold, reference_frames, run_train, train_python)
 
 pytestmark = pytest.mark.reference
 
@@ -51,19 +49,6 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     return {"model-resolution": centre_crops(whole, folder, IMGSZ), "downscaled": whole}
 
 
-def pick_threshold(model_path: Path, images: list[Path]) -> float:
-    model = load_model(str(model_path))
-    everything = detect_files(model, images, PostprocessParams(confidence=0.0, max_detections=1000))
-    return round(float(np.quantile(np.concatenate([c.confidence for c in everything]), QUANTILE)), 4)
-
-
-def reference(model_path: Path, images: list[Path], threshold: float, out: Path) -> list[dict]:
-    python = train_python("rfdetr", "onnx")
-    run_train(python, str(REF_SCRIPT), "predict", "--model", str(model_path), "--threshold", str(threshold),
-              "--out", str(out), *map(str, images))
-    return json.loads(out.read_text())
-
-
 @pytest.mark.parametrize("kind", ["model-resolution", "downscaled"])
 def test_streamd_equals_rfdetr_predict(kind: str, frames: dict[str, list[Path]], tmp_path: Path) -> None:
     images = frames[kind]
@@ -71,10 +56,10 @@ def test_streamd_equals_rfdetr_predict(kind: str, frames: dict[str, list[Path]],
     model = load_model(str(path))  # nothing configured: adapter, input size and names from the file
     assert model.adapter.name == "rfdetr"
     assert model.input_hw == (IMGSZ, IMGSZ)
-    threshold = pick_threshold(path, images)
+    threshold = pick_threshold(path, images, QUANTILE)
     params = PostprocessParams(confidence=threshold, max_detections=300)
     ours = detect_files(model, images, params)
-    ref = reference(path, images, threshold, tmp_path / "reference.json")
+    ref = framework_reference(REF_SCRIPT, ("rfdetr", "onnx"), path, images, threshold, tmp_path / "reference.json")
     agreement = compare(ours, ref, f"{path.name} {kind} (threshold {threshold})", threshold)
     assert agreement.detections >= 10 * len(images), f"too few detections to compare: {agreement}"
     for theirs in ref:  # the names in the file are rfdetr's names of the same class ids (COCO category ids)

@@ -14,18 +14,16 @@ Frames as in the RF-DETR test: 320 x 320 crops (model resolution) and whole fram
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streamd.infer.inspect import inspect_model
 from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
 from tests.conftest import MEDIA, require
-from tests.reference.compare import (cached_path, centre_crops, compare, detect_files, reference_frames, run_train,
-                                     train_python)
+from tests.reference.compare import (cached_path, centre_crops, compare, detect_files, framework_reference,
+                                     pick_threshold, reference_frames, run_train, train_python)
 
 pytestmark = pytest.mark.reference
 
@@ -55,19 +53,6 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     return {"model-resolution": centre_crops(whole, folder, IMGSZ), "downscaled": whole}
 
 
-def pick_threshold(model_path: Path, images: list[Path], quantile: float) -> float:
-    model = load_model(str(model_path))
-    everything = detect_files(model, images, PostprocessParams(confidence=0.0, max_detections=1000))
-    return round(float(np.quantile(np.concatenate([c.confidence for c in everything]), quantile)), 4)
-
-
-def reference(model_path: Path, images: list[Path], threshold: float, out: Path) -> list[dict]:
-    python = train_python("torchvision", "onnx")
-    run_train(python, str(REF_SCRIPT), "predict", "--model", str(model_path), "--threshold", str(threshold),
-              "--out", str(out), *map(str, images))
-    return json.loads(out.read_text())
-
-
 @pytest.mark.parametrize("kind", ["model-resolution", "downscaled"])
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_streamd_equals_torchvision(arch: str, kind: str, frames: dict[str, list[Path]], tmp_path: Path) -> None:
@@ -79,7 +64,8 @@ def test_streamd_equals_torchvision(arch: str, kind: str, frames: dict[str, list
     threshold = pick_threshold(path, images, ARCHS[arch])
     params = PostprocessParams(confidence=threshold, max_detections=1000)
     ours = detect_files(model, images, params)
-    ref = reference(path, images, threshold, tmp_path / "reference.json")
+    ref = framework_reference(REF_SCRIPT, ("torchvision", "onnx"), path, images, threshold,
+                              tmp_path / "reference.json")
     agreement = compare(ours, ref, f"{arch} {kind} (threshold {threshold})", threshold)
     assert agreement.detections >= 10 * len(images), f"too few detections to compare: {agreement}"
     print(f"\n{arch} {kind}: {agreement.detections} detections, max box diff {agreement.max_box_px:.4f} px, "

@@ -35,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tools.export.frameworks import read_metadata  # noqa: E402
+
 IMGSZ = 320
 FINGERPRINT_KEY = "streamd_reference_fingerprint"
 GAINS = {"fasterrcnn": 40.0, "ssdlite": 3.0}  # class-logit weight scale per architecture (see the docstring)
@@ -125,7 +127,7 @@ def export(args: argparse.Namespace) -> int:
     gain = args.gain if args.gain is not None else GAINS[args.arch]
     model = build(args.arch, args.calib, gain)
     path = export_torchvision(model, args.out, IMGSZ, coco_names())
-    names = json.loads(_metadata(path)["names"])
+    names = json.loads(read_metadata(path)["names"])
     write_metadata(path, "torchvision", IMGSZ, names, {
         FINGERPRINT_KEY: fingerprint(model), "streamd_reference_arch": args.arch,
         "streamd_reference_gain": str(gain), "streamd_reference_calib": json.dumps([str(p) for p in args.calib])})
@@ -133,16 +135,10 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def predict(args: argparse.Namespace) -> int:
     import torch
 
-    meta = _metadata(args.model)
+    meta = read_metadata(args.model)
     calib = [Path(p) for p in json.loads(meta["streamd_reference_calib"])]
     model = build(meta["streamd_reference_arch"], calib, float(meta["streamd_reference_gain"]))
     if fingerprint(model) != meta.get(FINGERPRINT_KEY):

@@ -46,6 +46,13 @@ def simplify(path: Path) -> None:
     onnx.save(onnxslim.slim(str(path)), str(path))
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's metadata (key -> value), without loading external weight data."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
 def write_metadata(path: Path, adapter: str, imgsz: int, names: list[str], extra: dict[str, str] | None = None) -> None:
     """Stamp ``path`` with the keys streamd.infer.model reads (names as a JSON list)."""
     import onnx
