@@ -127,3 +127,19 @@ def test_project_model_equals_ultralytics(tmp_path: Path) -> None:
     # its deployed threshold (a few real products per frame), then a low one (many overlapping candidates)
     check(model_path, "ultralytics", images, tmp_path, iou=0.7, max_det=300, conf=0.25, min_per_image=2)
     check(model_path, "ultralytics", images, tmp_path, iou=0.7, max_det=300, quantile=0.95)
+
+
+@pytest.mark.parametrize("name", [*MODELS, "conveyor"])
+def test_inspect_identifies_ultralytics_exports(name: str) -> None:
+    """`streamd model inspect` names each export's adapter, size, batch axis, precision and classes."""
+    from streamd.infer.inspect import inspect_model
+
+    path = REPO / "streamd" / "models" / "conveyor.onnx" if name == "conveyor" else exported(name)
+    report = inspect_model(path, runs=0)
+    assert report.adapter == ("ultralytics" if name == "conveyor" else MODELS[name][2])
+    assert report.input_hw == (IMGSZ, IMGSZ) and report.precision == "fp32"
+    if name == "conveyor":
+        assert report.classes == ["box", "bottle", "can"] and report.batch_axis == "dynamic"
+    else:
+        # built from a yaml, no dataset: ultralytics names the 80 classes "0".."79" in the metadata
+        assert report.num_classes == 80 and report.classes == [str(i) for i in range(80)]
