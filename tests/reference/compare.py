@@ -137,18 +137,29 @@ def cached_path(name: str, *scripts: Path, suffix: str = ".onnx") -> Path:
     return path
 
 
+def video_frames(video: Path, wanted: tuple[int, ...], folder: Path) -> list[Path]:
+    """Frames ``wanted`` of ``video`` written as lossless PNG files (both sides of a comparison read the same pixels)."""
+    paths = []
+    with av.open(str(video)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                paths.append(folder / f"{video.stem}-{i}.png")
+                cv2.imwrite(str(paths[-1]), frame.to_ndarray(format="bgr24"))
+            if i >= max(wanted):
+                break
+    return paths
+
+
+def frames_by_kind(folder: Path, size: int) -> dict[str, list[Path]]:
+    """Reference frames at the model resolution (centre crops: nothing is resized) and whole (downscaled)."""
+    whole = reference_frames(folder)
+    return {"model-resolution": centre_crops(whole, folder, size), "downscaled": whole}
+
+
 def reference_frames(folder: Path) -> list[Path]:
     """Whole video frames and coco128 images as PNG files."""
     require((MEDIA / "videos" / "Traffic.mp4").is_file(), f"Traffic.mp4 not found under {MEDIA} (set STREAMD_MEDIA)")
-    paths = []
-    for video, wanted in VIDEO_FRAMES.items():
-        with av.open(str(MEDIA / "videos" / video)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted:
-                    paths.append(folder / f"{Path(video).stem}-{i}.png")
-                    cv2.imwrite(str(paths[-1]), frame.to_ndarray(format="bgr24"))
-                if i >= max(wanted):
-                    break
+    paths = [p for video, wanted in VIDEO_FRAMES.items() for p in video_frames(MEDIA / "videos" / video, wanted, folder)]
     for name in COCO_FRAMES:
         image = cv2.imread(str(MEDIA / "datasets" / "coco128" / "images" / name))
         require(image is not None, f"coco128 image {name} not found under {MEDIA}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +18,7 @@ import pytest
 
 from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
-from tests.reference.compare import compare, detect_files
+from tests.reference.compare import compare, detect_files, video_frames
 
 pytestmark = pytest.mark.reference
 
@@ -27,15 +26,7 @@ FRAMES = (30, 200, 300)
 
 
 def traffic_frames(media: Path, tmp_path: Path) -> list[Path]:
-    paths = []
-    with av.open(str(media / "videos" / "Traffic.mp4")) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in FRAMES:
-                paths.append(tmp_path / f"traffic-{i}.png")
-                cv2.imwrite(str(paths[-1]), frame.to_ndarray(format="bgr24"))
-            if i >= max(FRAMES):
-                break
-    return paths
+    return video_frames(media / "videos" / "Traffic.mp4", FRAMES, tmp_path)
 
 
 def naive_nms(dets: list[tuple[list[float], float, int]], iou: float, agnostic: bool) -> list:

@@ -22,8 +22,8 @@ from streamd.infer.inspect import inspect_model
 from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
 from tests.conftest import MEDIA, require
-from tests.reference.compare import (cached_path, centre_crops, compare, detect_files, framework_reference,
-                                     pick_threshold, reference_frames, run_train, train_python)
+from tests.reference.compare import (cached_path, compare, detect_files, frames_by_kind, framework_reference,
+                                     pick_threshold, run_train, train_python)
 
 pytestmark = pytest.mark.reference
 
@@ -48,9 +48,7 @@ def exported(arch: str) -> Path:
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
-    folder = tmp_path_factory.mktemp("torchvision-frames")
-    whole = reference_frames(folder)
-    return {"model-resolution": centre_crops(whole, folder, IMGSZ), "downscaled": whole}
+    return frames_by_kind(tmp_path_factory.mktemp("torchvision-frames"), IMGSZ)
 
 
 @pytest.mark.parametrize("kind", ["model-resolution", "downscaled"])
