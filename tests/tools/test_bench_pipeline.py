@@ -149,4 +149,6 @@ def test_cpu_use_is_interpolated_between_samples() -> None:
     monitor.samples = [(0, 0.0, 100 << 20), (1_000_000_000, 0.5, 300 << 20), (2_000_000_000, 1.5, 200 << 20)]
     assert monitor.cpu_pct(0, 2_000_000_000) == 75.0
     assert monitor.cpu_pct(1_200_000_000, 1_300_000_000) == 100.0  # a window shorter than the sampling period
+    # a window after the last sample (the tree exited before it could be sampled again): the sampled span
+    assert monitor.cpu_pct(2_100_000_000, 2_200_000_000) == 75.0
     assert monitor.peak_rss_mb() == 300.0

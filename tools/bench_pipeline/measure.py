@@ -124,6 +124,13 @@ def throughput_stats(run: RunRecords, frames_in_files: int) -> dict[str, Any]:
             **latency_stats((rec[:, 2] - rec[:, 1]) / 1e6), "window_ns": [start, end]}
 
 
+def _covered(t: np.ndarray, t0_ns: int, t1_ns: int) -> tuple[float, float]:
+    """[t0, t1] clipped to the sampled span; a window the samples miss (a run shorter than the sampling
+    interval, or one that ended after the last sample the exiting tree allowed) falls back to the whole span."""
+    t0, t1 = max(float(t0_ns), t[0]), min(float(t1_ns), t[-1])
+    return (t0, t1) if t1 > t0 else (float(t[0]), float(t[-1]))
+
+
 class TreeMonitor:
     """Samples CPU seconds and RSS of a process and all its descendants, in a thread, twice a second.
 
@@ -180,9 +187,7 @@ class TreeMonitor:
             return None
         t = np.asarray([s[0] for s in self.samples], dtype=np.float64)
         cpu = np.asarray([s[1] for s in self.samples])
-        t0, t1 = max(float(t0_ns), t[0]), min(float(t1_ns), t[-1])
-        if t1 <= t0:
-            return None
+        t0, t1 = _covered(t, t0_ns, t1_ns)
         used = float(np.interp(t1, t, cpu) - np.interp(t0, t, cpu))
         return round(100.0 * used / ((t1 - t0) / 1e9), 1)
 
@@ -191,9 +196,7 @@ class TreeMonitor:
         if len(self.by_pid) < 2:
             return {}
         t = np.asarray([s[0] for s in self.by_pid], dtype=np.float64)
-        t0, t1 = max(float(t0_ns), t[0]), min(float(t1_ns), t[-1])
-        if t1 <= t0:
-            return {}
+        t0, t1 = _covered(t, t0_ns, t1_ns)
         pids = {pid for _, cpu in self.by_pid for pid in cpu}
         out = {}
         for pid in pids:
