@@ -34,7 +34,6 @@ class AnalyticsStage(Stage):
         # tracked frames for the live preview; a PUB with no subscriber drops them at once, so it costs nothing
         self.preview = sockets.publisher(self.ctx, self.spec.endpoints.preview, hwm=4)
         self.rings: dict[str, str] = {}  # stream -> the ring its current frames come from
-        self.passes: dict[str, str] = {}  # stream -> the run and ring generation its event ids carry
         self.streams: dict[str, StreamAnalytics] = {}
         self.store = CountStore(self.spec.params["store"])
         self.sources: dict[str, str] = self.spec.params["sources"]
@@ -121,17 +120,12 @@ class AnalyticsStage(Stage):
             self._record_and_publish(stream, [], events, last[0])
         self.last_seq.pop(stream, None)
         self.rings.pop(stream, None)
-        self.passes.pop(stream, None)
 
     def _on_detections(self, msg: Detections) -> None:
         if msg.ring and self.rings.get(msg.stream) != msg.ring:
             if msg.stream in self.rings:
                 self._reset(msg.stream)  # restarted by a reload: a new ring, sequence numbers start over
             self.rings[msg.stream] = msg.ring
-            # Event ids name the pass: a file a reload restarts reuses frame indices and track ids, and its
-            # second pass must not be taken for a replay of the first.
-            generation = ring_generation(msg.ring)
-            self.passes[msg.stream] = f"{self.run_id}.{generation}" if generation else self.run_id
         if msg.seq <= self.last_seq.get(msg.stream, 0):
             # A restarted inference stage replays frames it had not released; each frame counts once.
             self.duplicates += 1
@@ -144,7 +138,7 @@ class AnalyticsStage(Stage):
         t_analysed = time.monotonic_ns()
         events = [
             LineCrossing(
-                id=f"{msg.stream}/{self.passes.get(msg.stream, self.run_id)}/{line_name}/{msg.frame_index}/{crossing.track_id}/{crossing.direction}",
+                id=f"{msg.stream}/{self._pass(msg.stream)}/{line_name}/{msg.frame_index}/{crossing.track_id}/{crossing.direction}",
                 stream=msg.stream, line=line_name, direction=crossing.direction, track_id=crossing.track_id,
                 class_id=crossing.class_id, class_name=analytics.class_name(crossing.class_id),
                 frame=msg.frame_index, pts_s=msg.pts_s, ts=msg.wall_ts, t_decoded_ns=msg.t_decoded_ns,
@@ -179,10 +173,16 @@ class AnalyticsStage(Stage):
         for key, value in zip(("queue", "infer", "analyse"), durations):
             hists[key].observe(value)
 
+    def _pass(self, stream: str) -> str:
+        """The run and ring generation event ids carry: a file a reload restarts reuses frame indices and track
+        ids, and its second pass must not be taken for a replay of the first."""
+        generation = ring_generation(self.rings.get(stream, ""))
+        return f"{self.run_id}.{generation}" if generation else self.run_id
+
     def _zone_event(self, stream: str, analytics: StreamAnalytics, zone: str, change: ZoneChange,
                     frame: tuple[int, float], t_decoded_ns: int = 0, t_analysed_ns: int = 0) -> ZoneEvent:
         """frame: (index, wall clock minus stream time) of the frame being analysed."""
-        visit_id = f"{stream}/{self.passes.get(stream, self.run_id)}/{zone}/{change.track_id}/{round(change.entered_t * 1000)}"
+        visit_id = f"{stream}/{self._pass(stream)}/{zone}/{change.track_id}/{round(change.entered_t * 1000)}"
         zone_counter = next(z for z in analytics.zones if z.name == zone)
         return ZoneEvent(
             id=visit_id if change.kind == "enter" else f"{visit_id}/exit", stream=stream, zone=zone,
