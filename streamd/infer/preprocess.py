@@ -18,14 +18,14 @@ into a float32 buffer (``PreprocessSpec.pixel_dtype``).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
 
 PadPosition = Literal["center", "top_left"]
 Resize = Literal["linear", "linear_float", "area"]
-RESIZE_MODES = ("linear", "linear_float", "area")
+RESIZE_MODES = get_args(Resize)
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,9 @@ def letterbox_into(image: np.ndarray, dst: np.ndarray, spec: PreprocessSpec) -> 
 
 
 def to_tensor(batch: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> np.ndarray:
-    """uint8 (or float32, see ``PreprocessSpec.pixel_dtype``) NHWC -> NCHW scaled (then mean/std normalised), written into ``out`` (preallocated, float32 or
-    float16: the dtype of ``out`` decides, so FP16 models get their input without another copy)."""
+    """uint8 (or float32, see ``PreprocessSpec.pixel_dtype``) NHWC -> NCHW scaled (then mean/std normalised),
+    written into ``out`` (preallocated, float32 or float16: the dtype of ``out`` decides, so FP16 models get
+    their input without another copy)."""
     np.multiply(batch.transpose(0, 3, 1, 2), np.float32(spec.scale), out=out, casting="unsafe")
     if spec.mean is not None:
         out -= np.asarray(spec.mean, out.dtype).reshape(1, 3, 1, 1)
