@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from tools.export.frameworks import read_metadata  # noqa: E402
+from tools.export.metadata import read_metadata  # noqa: E402
 
 FINGERPRINT_KEY = "streamd_reference_fingerprint"
 RESOLUTION = 256  # 16 x 16 = 256 encoder tokens <= 300 queries: every token becomes a query (see above)

@@ -7,12 +7,13 @@
 
 Writes OUT (float32) with class names, input size and adapter in the ONNX metadata. From --weights
 (any tools.train run's best weights, or an ultralytics .pt): YOLO/RT-DETR via ultralytics' export +
-onnxslim (dynamic batch), RF-DETR via rfdetr's exporter, Faster R-CNN via torch.onnx; from --onnx: a copy. Variants beside it:
+onnxslim (dynamic batch), RF-DETR via rfdetr's exporter, Faster R-CNN via torch.onnx (both then onnxslim);
+from --onnx: a copy. Variants beside it:
   --fp16          OUT.fp16.onnx      float16 weights and activations, float32 inputs/outputs
   --int8-dynamic  OUT.int8dyn.onnx   INT8 weights, activations quantised at run time with one scale per
                                      tensor, so an image's output depends on its batch partners: only
                                      for pipelines with inference.max_batch 1 (the daemon warns)
-  --prune F       OUT.pruned.onnx    float32 with the smallest fraction F of conv weights zeroed (global
+  --prune F       OUT.pruned.onnx    float32 with the smallest fraction F of conv/linear weights zeroed (global
                                      magnitude pruning; --weights only): same speed on dense runtimes,
                                      compresses by about F
   --int8          OUT.int8.onnx      static INT8 QDQ calibrated on --calibration images, the detection
@@ -31,10 +32,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import onnx
 
 from streamd.errors import ModelError
-from tools.export.quantize import quantize_int8, set_metadata
+from tools.export.metadata import stamp
+from tools.export.quantize import quantize_int8
 
 
 def _stem(out: Path) -> str:
@@ -78,11 +79,9 @@ def _export_ultralytics(args: argparse.Namespace, framework: str, out: Path, pre
     exported = Path(model.export(format="onnx", imgsz=args.imgsz, dynamic=True, simplify=True,
                                  opset=args.opset, device="cpu"))
     shutil.copyfile(exported, out)
-    proto = onnx.load(str(out))
     adapter = "rtdetr" if type(model).__name__ == "RTDETR" else "ultralytics"
-    set_metadata(proto, {"streamd_adapter": adapter, "streamd_precision": precision,
-                         "streamd_input_size": f"{args.imgsz},{args.imgsz}"})
-    onnx.save(proto, str(out))
+    stamp(out, {"streamd_adapter": adapter, "streamd_precision": precision,
+                "streamd_input_size": f"{args.imgsz},{args.imgsz}"})
 
 
 def _export_torch(args: argparse.Namespace, framework: str, out: Path, precision: str,
@@ -98,9 +97,7 @@ def _export_torch(args: argparse.Namespace, framework: str, out: Path, precision
     else:
         _prune(model, prune_amount)
         export_torchvision(model, out, model.imgsz, ["background", *model.names])  # label 0 is background
-    proto = onnx.load(str(out))
-    set_metadata(proto, {"streamd_precision": precision})
-    onnx.save(proto, str(out))
+    stamp(out, {"streamd_precision": precision})
 
 
 def main(argv: list[str] | None = None) -> int:

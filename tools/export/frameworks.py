@@ -46,23 +46,12 @@ def simplify(path: Path) -> None:
     onnx.save(onnxslim.slim(str(path)), str(path))
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's metadata (key -> value), without loading external weight data."""
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def write_metadata(path: Path, adapter: str, imgsz: int, names: list[str], extra: dict[str, str] | None = None) -> None:
     """Stamp ``path`` with the keys streamd.infer.model reads (names as a JSON list)."""
-    import onnx
+    from tools.export.metadata import stamp
 
-    from tools.export.quantize import set_metadata
-
-    proto = onnx.load(str(path))
-    set_metadata(proto, {"streamd_adapter": adapter, "streamd_precision": "fp32",
-                         "streamd_input_size": f"{imgsz},{imgsz}", "names": json.dumps(names), **(extra or {})})
-    onnx.save(proto, str(path))
+    stamp(path, {"streamd_adapter": adapter, "streamd_precision": "fp32", "streamd_input_size": f"{imgsz},{imgsz}",
+                 "names": json.dumps(names), **(extra or {})})
 
 
 def export_rfdetr(model: Any, out_path: str | Path, imgsz: int | None = None, names: Names | None = None,

@@ -14,6 +14,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
 from streamd.infer.preprocess import PreprocessSpec, letterbox_into, to_tensor
+from tools.export.metadata import read_metadata, stamp
 
 
 class ImageReader(CalibrationDataReader):
@@ -94,18 +95,5 @@ def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, i
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
     prepared.unlink(missing_ok=True)
     # quantize_static drops custom metadata: carry it over from the float model
-    source_meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
-    quantized = onnx.load(str(out))
-    set_metadata(quantized, {**source_meta, "streamd_precision": "int8-qdq"})
-    onnx.save(quantized, str(out))
+    stamp(out, {**read_metadata(fp32), "streamd_precision": "int8-qdq"})
     return out
-
-
-def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in values.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value

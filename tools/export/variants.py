@@ -16,11 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from tools.export.quantize import set_metadata
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+from tools.export.metadata import read_metadata, set_metadata, stamp
 
 
 def convert_fp16(fp32: Path, out: Path) -> Path:
@@ -29,7 +25,7 @@ def convert_fp16(fp32: Path, out: Path) -> Path:
 
     model = onnx.load(str(fp32))
     half = convert_float_to_float16(model, keep_io_types=True)
-    set_metadata(half, {**_metadata(fp32), "streamd_precision": "fp16"})
+    set_metadata(half, {**read_metadata(fp32), "streamd_precision": "fp16"})
     onnx.save(half, str(out))
     return out
 
@@ -45,9 +41,7 @@ def quantize_dynamic_int8(fp32: Path, out: Path) -> Path:
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         # ORT's CPU ConvInteger kernel takes unsigned 8-bit weights
         quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8)
-    model = onnx.load(str(out))
-    set_metadata(model, {**_metadata(fp32), "streamd_precision": "int8-dynamic"})
-    onnx.save(model, str(out))
+    stamp(out, {**read_metadata(fp32), "streamd_precision": "int8-dynamic"})
     return out
 
 
