@@ -35,7 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tools.export.frameworks import read_metadata  # noqa: E402
+from tests.reference.batchnorm import recalibrate_batchnorm  # noqa: E402
+from tools.export.metadata import read_metadata  # noqa: E402
 
 IMGSZ = 320
 FINGERPRINT_KEY = "streamd_reference_fingerprint"
@@ -67,23 +68,6 @@ def class_layers(model) -> list:
     return convs
 
 
-def recalibrate_batchnorm(model, images: list[Path]) -> int:
-    import torch
-
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over every calibration batch
-        m.train()
-    tensors = [read_rgb(p) for p in images]
-    with torch.no_grad():
-        for i in range(0, len(tensors), 4):
-            model(tensors[i : i + 4])
-    model.eval()
-    return len(norms)
-
-
 def build(arch: str, calib: list[Path], gain: float):
     import torch
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, ssdlite320_mobilenet_v3_large
@@ -96,7 +80,8 @@ def build(arch: str, calib: list[Path], gain: float):
         model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
     else:
         raise SystemExit(f"unknown --arch {arch!r}: fasterrcnn or ssdlite")
-    recalibrate_batchnorm(model, calib)
+    tensors = [read_rgb(p) for p in calib]
+    recalibrate_batchnorm(model, [tensors[i : i + 4] for i in range(0, len(tensors), 4)])
     with torch.no_grad():
         for layer in class_layers(model):
             layer.bias.zero_()

@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.reference.batchnorm import recalibrate_batchnorm  # noqa: E402
+from tools.export.metadata import read_metadata  # noqa: E402
 from tools.offline import prepare_offline_ultralytics  # noqa: E402
 
 
@@ -54,20 +56,10 @@ def _recalibrate_batchnorm(model, images: list[Path], imgsz: int) -> int:
     import torch
     from ultralytics.data.augment import LetterBox
 
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all calibration batches
-        m.train()
     letterbox = LetterBox((imgsz, imgsz), auto=False)
     batch = [letterbox(image=cv2.imread(str(p)))[..., ::-1].transpose(2, 0, 1) for p in images]
     x = torch.from_numpy(np.ascontiguousarray(np.stack(batch))).float() / 255
-    with torch.no_grad():
-        for i in range(0, len(x), 4):
-            model(x[i : i + 4])
-    model.eval()
-    return len(norms)
+    return recalibrate_batchnorm(model, [x[i : i + 4] for i in range(0, len(x), 4)])
 
 
 def export(args: argparse.Namespace) -> int:
@@ -102,10 +94,9 @@ def export(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     prepare_offline_ultralytics(args.config_dir)
-    import onnx
     from ultralytics import RTDETR, YOLO
 
-    meta = {p.key: p.value for p in onnx.load(str(args.model), load_external_data=False).metadata_props}
+    meta = read_metadata(args.model)
     cls = RTDETR if meta.get("head") == "RTDETRDecoder" else YOLO
     model = cls(str(args.model)) if cls is RTDETR else cls(str(args.model), task="detect")
     results = []
