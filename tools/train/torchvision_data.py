@@ -8,8 +8,6 @@ one ground-truth JSON from tools.dataset.coco serves pycocotools unchanged.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +70,7 @@ def loader(data: Path, split: str, batch: int, workers: int, train: bool, seed: 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, val: DataLoader[Sample], device: torch.device) -> dict[str, float]:
     """COCO mAP@0.5 and mAP@0.5:0.95 (pycocotools) of ``model`` on the loader's split."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from tools.evaluate.metrics import evaluate as coco_evaluate
 
     dataset: YoloDetection = val.dataset  # type: ignore[assignment]
     model.eval()
@@ -89,13 +86,6 @@ def evaluate(model: torch.nn.Module, val: DataLoader[Sample], device: torch.devi
     gt_json = yolo_to_coco(dataset.ds, offset=1, progress=False)
     if not results or not gt_json["annotations"]:
         return {"map50": 0.0, "map50_95": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables; the caller reports
-        gt = COCO()
-        gt.dataset = gt_json
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(results), iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"map50": max(float(ev.stats[1]), 0.0), "map50_95": max(float(ev.stats[0]), 0.0)}
+    stats = coco_evaluate(gt_json, results, conf=0.0).stats  # tools.evaluate's pycocotools run
+    return {"map50": max(stats[1], 0.0), "map50_95": max(stats[0], 0.0)}
 
