@@ -21,9 +21,14 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("demo-cache")
 
 
-@pytest.mark.parametrize("realtime", [False, True], ids=["fast", "realtime"])
-@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# Every scene runs with both models; each model runs all three scenes in one mode and one scene in the other
+# (the 12-way product added ~80 s to CI and found nothing the 8 cases below do not).
+CASES = [(seed, False, True) for seed in (1, 2, 3)] + [(seed, True, False) for seed in (1, 2, 3)] \
+    + [(1, False, False), (1, True, True)]
+
+
+@pytest.mark.parametrize(("seed", "int8", "realtime"), CASES,
+                         ids=[f"{s}-{'int8' if i else 'fp32'}-{'realtime' if r else 'fast'}" for s, i, r in CASES])
 def test_demo_counts_equal_ground_truth(seed: int, int8: bool, realtime: bool, demo_cache: Path,
                                         tmp_path: Path) -> None:
     model = package_file("models", "conveyor.int8.onnx" if int8 else "conveyor.onnx")
