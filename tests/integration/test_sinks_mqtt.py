@@ -19,14 +19,10 @@ from streamd.ipc.messages import CountUpdate, LineCrossing
 from streamd.sinks.mqtt import MqttSink
 from tests.conftest import write_config
 from tests.integration.mqtt_broker import MosquittoBroker, Subscriber, mosquitto  # noqa: F401 (fixture)
+from tests.sink_helpers import crossing, wait_until
 
 pytestmark = pytest.mark.integration
 
-
-def crossing(i: int, stream: str = "cam") -> LineCrossing:
-    return LineCrossing(id=f"{stream}/run1/exit/{i}/{i}/in", stream=stream, line="exit", direction="in", track_id=i,
-                        class_id=0, class_name="box", frame=i, pts_s=i / 30, ts=time.time(), t_decoded_ns=0,
-                        t_analysed_ns=0)
 
 
 def payload(message: object) -> bytes:
@@ -43,12 +39,6 @@ def sink_config(port: int, tmp_path: Path, **overrides: object) -> MqttSinkConfi
     base.update(overrides)
     return MqttSinkConfig(**base)  # type: ignore[arg-type]
 
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.05)
 
 
 def test_topics_retained_counts_and_availability(mosquitto: MosquittoBroker, tmp_path: Path) -> None:

@@ -16,15 +16,11 @@ from streamd.ipc.messages import CountUpdate, LineCrossing
 from streamd.sinks.webhook import WebhookSink, signature
 from tests.integration.mqtt_broker import free_port
 from tests.integration.webhook_server import WebhookServer, webhook_server  # noqa: F401 (fixture)
+from tests.sink_helpers import crossing, wait_until
 
 pytestmark = pytest.mark.integration
 SECRET = "hmac-test-secret"
 
-
-def crossing(i: int) -> LineCrossing:
-    return LineCrossing(id=f"cam/run1/exit/{i}/{i}/in", stream="cam", line="exit", direction="in", track_id=i,
-                        class_id=0, class_name="box", frame=i, pts_s=i / 30, ts=time.time(), t_decoded_ns=0,
-                        t_analysed_ns=0)
 
 
 def sink_config(url: str, tmp_path: Path, **overrides: object) -> WebhookSinkConfig:
@@ -35,12 +31,6 @@ def sink_config(url: str, tmp_path: Path, **overrides: object) -> WebhookSinkCon
     base.update(overrides)
     return WebhookSinkConfig(**base)  # type: ignore[arg-type]
 
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.05)
 
 
 def test_headers_signature_and_bearer_token(webhook_server: WebhookServer, tmp_path: Path) -> None:

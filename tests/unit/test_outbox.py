@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from streamd.config.models import BackoffConfig, OutboxConfig
 from streamd.sinks.outbox import DeliveryResult, Outbox, OutboxRow
+from tests.sink_helpers import wait_until as _wait_until
 
 
 class ScriptedTarget:
@@ -54,11 +55,9 @@ def fast(**overrides: object) -> OutboxConfig:
     return OutboxConfig(**base)  # type: ignore[arg-type]
 
 
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+
+def wait_until(predicate: Callable[[], object]) -> None:
+    _wait_until(predicate, timeout=10.0, poll_s=0.01)
 
 
 def fill(outbox: Outbox, ids: list[str]) -> None:
