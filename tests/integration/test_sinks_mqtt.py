@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from streamd.config.loader import load_config
 from streamd.config.models import BackoffConfig, MqttSinkConfig, OutboxConfig
-from streamd.ipc.messages import CountUpdate, LineCrossing
+from streamd.ipc.messages import CountUpdate
 from streamd.sinks.mqtt import MqttSink
 from tests.conftest import write_config
 from tests.integration.mqtt_broker import MosquittoBroker, Subscriber, mosquitto  # noqa: F401 (fixture)

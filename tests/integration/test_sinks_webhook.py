@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from streamd.config.models import BackoffConfig, OutboxConfig, WebhookSinkConfig
-from streamd.ipc.messages import CountUpdate, LineCrossing
+from streamd.ipc.messages import CountUpdate
 from streamd.sinks.webhook import WebhookSink, signature
 from tests.integration.mqtt_broker import free_port
 from tests.integration.webhook_server import WebhookServer, webhook_server  # noqa: F401 (fixture)
