@@ -1,8 +1,8 @@
 """streamd's detections equal ultralytics' own `YOLO(model.onnx).predict` on the same ONNX file and images:
 same classes, boxes within 1 px, scores within 1e-3, same count.
 
-Models: yolov8n, yolo11n (raw head, NMS in streamd), yolov10n and yolo26n (NMS-free end-to-end head),
-rtdetr-l (RT-DETR), each built from its yaml (no download; see ultra_ref.py for why the random init is
+Models: yolov5nu, yolov8n, yolov9t, yolo11n, yolo12n (raw head, NMS in streamd), yolov10n and yolo26n
+(NMS-free end-to-end head), rtdetr-l (RT-DETR), each built from its yaml (no download; see ultra_ref.py for why the random init is
 re-calibrated), and the project's own trained conveyor model. ultralytics runs in the training
 interpreter (STREAMD_TRAIN_PYTHON) as a subprocess; exports are cached in out/reference-cache.
 
@@ -32,8 +32,11 @@ IMAGES = ("000000000025.jpg", "000000000154.jpg", "000000000136.jpg", "000000000
 CALIBRATION = 16  # first coco128 images: BatchNorm statistics of the random-init models
 
 MODELS = {  # name: (yaml, extra export args, adapter streamd must pick)
+    "yolov5nu": ("yolov5nu.yaml", [], "ultralytics"),
     "yolov8n": ("yolov8n.yaml", [], "ultralytics"),
+    "yolov9t": ("yolov9t.yaml", [], "ultralytics"),
     "yolo11n": ("yolo11n.yaml", [], "ultralytics"),
+    "yolo12n": ("yolo12n.yaml", [], "ultralytics"),
     "yolov10n": ("yolov10n.yaml", ["--end2end"], "ultralytics_e2e"),
     "yolo26n": ("yolo26n.yaml", ["--end2end"], "ultralytics_e2e"),
     "rtdetr-l": ("rtdetr-l.yaml", [], "rtdetr"),
