@@ -98,6 +98,25 @@ def test_validate_finds_each_planted_fault(media: Path, tmp_path: Path, capsys: 
     assert "000000000025.txt:2: error [box_outside]" in out
 
 
+def test_validate_decodes_every_pixel(media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A JPEG cut short keeps a good header; only a full decode notices (cv2 would fill it with grey)."""
+    data = coco_subset(media, tmp_path / "data", COCO_FILES[:3])
+    jpeg = data / "images" / "000000000071.jpg"
+    shutil.copy(media / "datasets" / "coco128" / "images" / jpeg.name, jpeg)
+    shutil.copy(media / "datasets" / "coco128" / "labels" / "000000000071.txt", data / "labels")
+    jpeg.write_bytes(jpeg.read_bytes()[:2000])
+    png = data / "images" / "cut.png"
+    cv2.imwrite(str(png), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    png.write_bytes(png.read_bytes()[:-4000])
+    (data / "labels" / "cut.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    report = tmp_path / "report.json"
+    assert main(["validate", str(data), "--report", str(report)]) == 1
+    found = {(f["code"], Path(f["file"]).name) for f in json.loads(report.read_text())["findings"]}
+    assert found == {("unreadable_image", "000000000071.jpg"), ("unreadable_image", "cut.png")}
+    out = capsys.readouterr().out
+    assert f"{jpeg}: error [unreadable_image] cannot decode image: image file is truncated" in out
+
+
 def coloured_scene(path: Path, size: tuple[int, int] = (240, 180)) -> dict[int, tuple[int, int, int, int]]:
     """Grey image with a red, a green and a blue rectangle; returns class -> (x1, y1, x2, y2)."""
     w, h = size
