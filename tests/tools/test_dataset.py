@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -154,6 +155,8 @@ def test_augment_keeps_boxes_on_the_objects(tmp_path: Path) -> None:
     for path in augmented:
         image = cv2.imread(str(path))
         h, w = image.shape[:2]
+        text = (out / "labels" / (path.stem + ".txt")).read_text()
+        assert re.fullmatch(r"(\d+( -?\d\.\d{6}){4}\n)*", text), f"{path.stem}.txt: not 6 decimals like the originals"
         for box in read_boxes(out / "labels" / (path.stem + ".txt")):
             mask = colour_mask(image, box.class_id)
             ys, xs = np.nonzero(mask)

@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from tools.dataset.yolo import DatasetError, YoloDataset, format_box, place, read_boxes, write_data_yaml
 
+LABEL_DECIMALS = 6
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -77,7 +79,10 @@ def augment_dataset(ds: YoloDataset, out: Path, copies: int = 2, config: Augment
             name = rel.with_name(f"{rel.stem}_aug{k}.jpg")
             (out / "images" / name).parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(out / "images" / name), result["image"], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-            lines = [format_box(int(c), *map(float, box)) for box, c in zip(result["bboxes"], result["class_labels"])]
+            # 6 decimals like the originals (1e-6 of the side is far below a pixel); the float32
+            # round trip through albumentations would otherwise show as 10 noisy digits.
+            lines = [format_box(int(c), *map(float, box), decimals=LABEL_DECIMALS)
+                     for box, c in zip(result["bboxes"], result["class_labels"])]
             target = out / "labels" / name.with_suffix(".txt")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text("".join(line + "\n" for line in lines))

@@ -116,8 +116,10 @@ def format_value(value: float) -> str:
     return f"{value:.10g}"
 
 
-def format_box(class_id: int, cx: float, cy: float, w: float, h: float) -> str:
-    return " ".join([str(class_id), *(format_value(v) for v in (cx, cy, w, h))])
+def format_box(class_id: int, cx: float, cy: float, w: float, h: float, decimals: int | None = None) -> str:
+    """One label line; ``decimals`` fixes the digits after the point (6, as ultralytics and COCO exports write)."""
+    fmt = format_value if decimals is None else (lambda v: f"{v:.{decimals}f}")
+    return " ".join([str(class_id), *(fmt(v) for v in (cx, cy, w, h))])
 
 
 def _names_from(value: object, where: Path) -> list[str]:
