@@ -111,6 +111,66 @@ def test_class_mapping_by_index_and_by_name() -> None:
     assert mapping == {0: 1, 1: 0} and "dog" in notes[0]
 
 
+def test_auto_class_mapping_picks_names_for_a_background_first_model_and_index_for_respellings() -> None:
+    mapping, notes = class_mapping(["background", "box", "bottle", "can"], ["box", "bottle", "can"], "auto")
+    assert mapping == {1: 0, 2: 1, 3: 2} and "matched by name" in notes[0]
+    mapping, notes = class_mapping(["person", "motorbike", "car"], ["person", "motorcycle", "car"], "auto")
+    assert mapping == {0: 0, 1: 1, 2: 2} and "matched by index" in notes[0]
+
+
+def test_a_model_for_other_classes_is_warned_about() -> None:
+    coco = ["person", "bicycle", "car", "motorcycle"]
+    mapping, notes = class_mapping(["box", "bottle", "can"], coco, "auto")
+    warning = next(n for n in notes if n.startswith("WARNING"))
+    assert "no dataset class name is a model class name" in warning and "box" in warning and "person" in warning
+    _, notes = class_mapping(["person", "car"], coco, "name")
+    assert any("does not predict" in n and "bicycle, motorcycle" in n for n in notes)
+
+
+def constant_torchvision_model(path: Path, box: list[float], label: int, names: list[str], size: int) -> Path:
+    """A torchvision-layout ONNX (boxes, scores, labels) that always outputs one box, as tools.export names it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tools.export.frameworks import write_metadata
+
+    constants = {"boxes": np.array([box], np.float32), "scores": np.array([0.9], np.float32),
+                 "labels": np.array([label], np.int64)}
+    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+             for name, value in constants.items()]
+    outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["n", 4]),
+               helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n"]),
+               helper.make_tensor_value_info("labels", TensorProto.INT64, ["n"])]
+    graph = helper.make_graph(nodes, "constant", [helper.make_tensor_value_info(
+        "images", TensorProto.FLOAT, [1, 3, size, size])], outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    write_metadata(path, "torchvision", size, names)
+    return path
+
+
+def test_torchvision_export_with_background_class_is_scored_by_name(tmp_path: Path) -> None:
+    """tools.export names a torchvision model's classes [background, *dataset names]: label 1 is dataset class 0."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(data / "images" / "a.png")
+    (data / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # a box from (16, 16) to (48, 48)
+    (data / "data.yaml").write_text(f"path: {data}\ntrain: images\nval: images\nnames: [box, bottle, can]\n")
+    names = ["background", "box", "bottle", "can"]
+    model = constant_torchvision_model(tmp_path / "tv.onnx", [16, 16, 48, 48], 1, names, 64)
+    out = tmp_path / "report"
+    assert main(["--model", str(model), "--data", str(data / "data.yaml"), "--split", "val", "--out", str(out),
+                 "--no-plots"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mAP50"] == pytest.approx(1.0) and summary["precision"] == pytest.approx(1.0)
+    assert any("matched by name" in n for n in summary["notes"])
+    assert main(["--model", str(model), "--data", str(data / "data.yaml"), "--split", "val", "--out", str(out),
+                 "--no-plots", "--class-map", "index"]) == 0
+    assert json.loads((out / "summary.json").read_text())["mAP50"] == pytest.approx(0.0)  # shifted by one
+
+
 def test_confusion_matrix_counts_confusions_misses_and_false_alarms() -> None:
     gt = [(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.array([0, 1]))]
     det = [(np.array([[0, 0, 10, 10], [20, 20, 30, 31], [50, 50, 60, 60]], float), np.array([0, 0, 1]))]

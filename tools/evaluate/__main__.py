@@ -11,9 +11,12 @@ image); precision, recall, F1 and mean IoU of matches are at --conf (the deploye
 OUT gets predictions.json (COCO results), ground_truth.json, summary.json, summary.md,
 pr_curves.png and confusion_matrix.png.
 
-Model classes map to dataset classes by index (class i is class i): the names may be spelt
-differently (coco.names `motorbike` vs COCO's `motorcycle`) and still mean the same class. The
-report lists such differences; use --class-map name when the orders differ.
+Model classes map to dataset classes (--class-map auto, the default) by name when more classes
+match by name than by position, as for a torchvision export whose class 0 is `background`;
+otherwise by index (class i is class i), where names may be spelt differently (coco.names
+`motorbike` vs COCO's `motorcycle`) and still mean the same class. The report lists such
+differences, and warns when model and dataset share no class name at all. --class-map index or
+name forces one rule.
 """
 
 from __future__ import annotations
@@ -37,9 +40,27 @@ from tools.evaluate.metrics import Result, confusion_matrix, evaluate
 from tools.evaluate.runner import Detector
 
 
+def _key(name: str) -> str:
+    return name.strip().lower()
+
+
 def class_mapping(model_names: list[str], data_names: list[str], by: str) -> tuple[dict[int, int], list[str]]:
-    """model class -> dataset class index, and notes on names that differ or are missing."""
+    """model class -> dataset class index, and notes on names that differ or are missing.
+
+    ``by``: "index", "name", or "auto" (by name when that matches more classes than by index).
+    """
     notes = []
+    data_keys = {_key(n) for n in data_names}
+    by_name = sum(_key(n) in data_keys for n in model_names)
+    by_index = sum(_key(m) == _key(d) for m, d in zip(model_names, data_names))
+    if by == "auto":
+        by = "name" if by_name > by_index else "index"
+        notes.append(f"classes matched by {by} ({by_name} of the dataset's {len(data_names)} names are model class "
+                     f"names, {by_index} at the same index); --class-map index|name overrides")
+    if by_name == 0:
+        notes.append(f"WARNING: no dataset class name is a model class name (model: {', '.join(model_names[:5])}"
+                     f"{' ...' if len(model_names) > 5 else ''}; dataset: {', '.join(data_names[:5])}"
+                     f"{' ...' if len(data_names) > 5 else ''}): is --data the dataset this model was trained for?")
     if by == "index":
         mapping = {i: i for i in range(min(len(model_names), len(data_names)))}
         differ = [f"{i}: model `{model_names[i]}` = data `{data_names[i]}`" for i in mapping
@@ -49,12 +70,19 @@ def class_mapping(model_names: list[str], data_names: list[str], by: str) -> tup
         if len(model_names) > len(data_names):
             notes.append(f"model classes {len(data_names)}..{len(model_names) - 1} have no dataset class; "
                          "their detections are dropped")
+        if len(data_names) > len(model_names):
+            notes.append(f"dataset classes the model does not predict (recall 0): "
+                         f"{', '.join(data_names[len(model_names):])}")
         return mapping, notes
-    lookup = {n.strip().lower(): i for i, n in enumerate(data_names)}
-    mapping = {i: lookup[n.strip().lower()] for i, n in enumerate(model_names) if n.strip().lower() in lookup}
+    lookup = {_key(n): i for i, n in enumerate(data_names)}
+    mapping = {i: lookup[_key(n)] for i, n in enumerate(model_names) if _key(n) in lookup}
     missing = [n for i, n in enumerate(model_names) if i not in mapping]
     if missing:
         notes.append(f"model classes not in the dataset (dropped): {', '.join(missing)}")
+    unpredicted = sorted(set(range(len(data_names))) - set(mapping.values()))
+    if unpredicted:
+        notes.append(f"dataset classes the model does not predict (recall 0): "
+                     f"{', '.join(data_names[i] for i in unpredicted)}")
     return mapping, notes
 
 
@@ -129,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU (as the pipeline's postprocess)")
     parser.add_argument("--agnostic", action="store_true", help="class-agnostic NMS (FastestDet's original decoder)")
     parser.add_argument("--max-det", type=int, default=100, help="detections kept per image")
-    parser.add_argument("--class-map", choices=("index", "name"), default="index")
+    parser.add_argument("--class-map", choices=("auto", "index", "name"), default="auto",
+                        help="how model classes map to dataset classes (see above)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     parser.add_argument("--provider", action="append", dest="providers", help="execution provider (repeatable)")
@@ -155,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     mapping, notes = class_mapping(detector.model.names, ds.names, args.class_map)
     for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(note if note.startswith("WARNING") else f"note: {note}", file=sys.stderr)
     started = time.perf_counter()
     try:
         predictions, per_image = run_model(detector, ds, gt, mapping, offset, args.batch)
