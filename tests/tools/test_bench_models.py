@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -44,5 +45,44 @@ def test_benchmark_table_and_speed_vs_accuracy_plot(tmp_path: Path, capsys: pyte
 
 
 def test_missing_model_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench(["--model", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "o")]) == 1
-    assert "nope.onnx does not exist" in capsys.readouterr().err
+    assert bench(["--model", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "o")]) == 2
+    assert "--model " + str(tmp_path / "nope.onnx") + " does not exist" in capsys.readouterr().err
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The run's stderr holds exactly one line and it starts with `error:` (no traceback, no progress bar)."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_bad_options_fail_before_any_model_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = ["--model", str(MODELS / "conveyor.onnx"), "--out", str(tmp_path / "o"), "--threads", "1"]
+    assert bench([*model, "--images", str(tmp_path / "nope")]) == 2
+    assert "--images " + str(tmp_path / "nope") + " is not a folder" in one_error_line(capsys)
+    (tmp_path / "empty").mkdir()
+    assert bench([*model, "--images", str(tmp_path / "empty")]) == 2
+    assert "has no images" in one_error_line(capsys)
+    (tmp_path / "c40.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    assert bench([*model, "--eval", str(tmp_path / "c40.json")]) == 2
+    line = one_error_line(capsys)
+    assert "--eval " + str(tmp_path / "c40.json") + " is not a tools.evaluate summary" in line
+    assert "python -m tools.evaluate" in line
+    (tmp_path / "broken.json").write_text('{"model": ')
+    assert bench([*model, "--eval", str(tmp_path / "broken.json")]) == 2
+    assert "broken.json:1 is not JSON" in one_error_line(capsys)
+    with pytest.raises(SystemExit) as exited:
+        bench([*model, "--batch", "0"])
+    assert exited.value.code == 2
+    assert "argument --batch: must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_model_error_starts_its_own_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The error is printed after the progress bar ends, not appended to the bar's line."""
+    (tmp_path / "text.onnx").write_text("not a model")
+    assert bench(["--model", str(tmp_path / "text.onnx"), "--out", str(tmp_path / "o"), "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ") and "\nerror: " in err, err
+    assert err.count(str(tmp_path / "text.onnx")) == 1  # named once, not "text.onnx: model text.onnx ..."

@@ -10,6 +10,7 @@ otherwise): median, p90 and p99 milliseconds per batch (end to end and model onl
 Precision is read from the file (metadata `streamd_precision`, QDQ nodes, float16 tensors). Writes
 OUT/bench.csv and OUT/bench.md, and with --eval summaries from tools.evaluate a speed-versus-accuracy
 plot (OUT/speed_vs_accuracy.png). Timings vary run to run: compare rows from one run on one machine.
+Exit status: 0 done, 1 a model fails to load or run, 2 a bad option (checked before any model runs).
 """
 
 from __future__ import annotations
@@ -56,15 +57,54 @@ def precision_of(path: Path) -> str:
     return "fp32"
 
 
+class UsageError(Exception):
+    """A command-line value that cannot work; the message names the option and what to give instead."""
+
+
 def load_images(folder: Path | None, count: int, hw: tuple[int, int]) -> list[np.ndarray]:
     if folder is None:
         rng = np.random.default_rng(0)
         return [rng.integers(0, 256, (hw[0], hw[1], 3), dtype=np.uint8) for _ in range(count)]
+    if not folder.is_dir():
+        raise UsageError(f"--images {folder} is not a folder; give a folder of images, or leave --images out "
+                         "for random pixels")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
     if not paths:
-        raise ValueError(f"--images {folder} has no images")
-    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-    return [i for i in images if i is not None]
+        raise UsageError(f"--images {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); give a folder "
+                         "that holds some, e.g. a dataset's images/val")
+    images = [image for image in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths) if image is not None]
+    if not images:
+        raise UsageError(f"--images {folder}: none of its first {len(paths)} images can be decoded; "
+                         "run `python -m tools.dataset validate` on it")
+    return images
+
+
+def load_summary(path: Path) -> dict[str, Any]:
+    """A tools.evaluate summary.json, or a UsageError saying what the file is not."""
+    hint = "give the summary.json that `python -m tools.evaluate --out DIR` writes in DIR"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise UsageError(f"--eval {path}{where} is not JSON; {hint}") from exc
+    missing = [key for key in ("model", "mAP50-95") if not isinstance(summary, dict) or key not in summary]
+    if missing:
+        raise UsageError(f"--eval {path} is not a tools.evaluate summary (no {' or '.join(repr(k) for k in missing)}"
+                         f" key); {hint}")
+    return summary
+
+
+def at_least(minimum: int) -> Any:
+    """argparse type: an integer >= ``minimum`` (so --batch 0 is refused before any model loads)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def bench_one(path: Path, labels: str | None, provider: str, threads: int, batch: int, images: list[np.ndarray] | None,
@@ -132,23 +172,31 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, action="append", required=True, help="ONNX file (repeat for several)")
     parser.add_argument("--labels", help="class names file for models without names metadata")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    parser.add_argument("--batch", type=at_least(1), nargs="+", default=[1], help="batch sizes to run (>= 1)")
+    parser.add_argument("--threads", type=at_least(1), nargs="+", default=[1, os.cpu_count() or 1],
+                        help="ONNX Runtime intra-op threads to try (>= 1)")
     parser.add_argument("--provider", nargs="+", default=["CPUExecutionProvider"],
                         help="execution providers to try one at a time (unavailable ones are reported and skipped)")
     parser.add_argument("--images", type=Path, help="folder of real images to run (default: random pixels)")
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--runs", type=at_least(1), default=100, help="timed batches per configuration")
+    parser.add_argument("--warmup", type=at_least(0), default=10, help="untimed batches first")
     parser.add_argument("--eval", type=Path, action="append", default=[], help="tools.evaluate summary.json")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
 
-    for path in [*args.model, *args.eval]:
-        if not path.is_file():
-            print(f"error: {path} does not exist", file=sys.stderr)
-            return 1
+    try:
+        for option, path in [*(("--model", m) for m in args.model), *(("--eval", e) for e in args.eval)]:
+            if not path.is_file():
+                raise UsageError(f"{option} {path} does not exist")
+        if args.labels and not Path(args.labels).is_file():
+            raise UsageError(f"--labels {args.labels} does not exist; give a class names file, one name per line")
+        summaries = [load_summary(path) for path in args.eval]
+        images = load_images(args.images, 16, (0, 0)) if args.images else None
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     available = ort.get_available_providers()
     providers = [p for p in args.provider if p in available]
     for p in args.provider:
@@ -158,16 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     if not providers:
         print("error: none of the requested providers is available", file=sys.stderr)
         return 1
-    images = load_images(args.images, 16, (0, 0)) if args.images else None
     configs = list(itertools.product(args.model, providers, sorted(set(args.threads)), sorted(set(args.batch))))
     rows = []
-    for path, provider, threads, batch in tqdm(configs, desc="bench", unit="config"):
-        try:
-            rows.append(bench_one(path, args.labels, provider, threads, batch, images, args.images, args.runs,
-                                  args.warmup))
-        except (ModelError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+    with tqdm(configs, desc="bench", unit="config") as bar:
+        for path, provider, threads, batch in bar:
+            try:
+                rows.append(bench_one(path, args.labels, provider, threads, batch, images, args.images, args.runs,
+                                      args.warmup))
+            except (ModelError, ValueError) as exc:
+                bar.close()  # ends the bar's line, so the error starts on its own
+                message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                print(f"error: {message}", file=sys.stderr)
+                return 1
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "bench.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -182,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.md").write_text(markdown(rows, header))
     print(markdown(rows, header))
     evals = {}
-    for path in args.eval:
-        summary = json.loads(path.read_text())
+    for summary in summaries:
         evals[summary.get("model_path") or str(Path(summary["model"]).resolve())] = summary
     if evals:
         plot = speed_vs_accuracy(rows, evals, args.out)
