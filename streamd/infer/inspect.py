@@ -55,7 +55,9 @@ class ModelReport:
             f"batch axis: {self.batch_axis}",
             f"precision:  {self.precision}",
             f"outputs:    {'; '.join(self.outputs)}",
-            f"classes:    {self.num_classes}: {names}",
+            f"classes:    {self.num_classes}: {names}" if self.num_classes else
+            "classes:    unknown: the file names none and its outputs do not say how many; the daemon needs a "
+            "class-names file (--labels FILE here, `labels:` in the pipeline)",
             "preprocess: " + ", ".join(f"{k}={v}" for k, v in self.preprocess.items()),
             f"providers:  {', '.join(self.providers)}",
         ]
@@ -115,7 +117,8 @@ def inspect_model(path: str | Path, adapter: str = "auto", labels: str | None = 
                   input_size: tuple[int, int] | None = None, providers: list[str] | None = None,
                   threads: int = 0, runs: int = 20, warmup: int = 3) -> ModelReport:
     """Load ``path`` as the daemon would and describe it; ``runs=0`` skips the latency estimate."""
-    model = load_model(str(path), adapter, input_size, labels, providers, intra_op_threads=threads)
+    model = load_model(str(path), adapter, input_size, labels, providers, intra_op_threads=threads,
+                       require_classes=False)
     info = model.info
     if info.unbatched:
         batch = "none (one image per run)"

@@ -30,7 +30,8 @@ INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 def create_session(path: str, providers: list[str], intra_op_threads: int = 0,
                    inter_op_threads: int = 1, spin: bool = False) -> ort.InferenceSession:
     if not Path(path).is_file():
-        raise ModelError(f"model file {path} does not exist; check the pipeline's `model:` path")
+        what = "is a directory, not an ONNX file" if Path(path).is_dir() else "does not exist"
+        raise ModelError(f"model file {path} {what}; check the path (a pipeline's `model:`)")
     available = ort.get_available_providers()
     chosen = [p for p in providers if p in available]
     skipped = [p for p in providers if p not in available]
@@ -48,7 +49,10 @@ def create_session(path: str, providers: list[str], intra_op_threads: int = 0,
     try:
         session = ort.InferenceSession(path, sess_options=options, providers=chosen)
     except Exception as exc:  # ORT raises its own exception types per failure kind
-        if chosen == ["CPUExecutionProvider"] or not Path(path).stat().st_size:
+        if "INVALID_PROTOBUF" in str(exc) or not Path(path).stat().st_size:
+            raise ModelError(f"model {path} is truncated or not an ONNX file ({Path(path).stat().st_size} bytes); "
+                             f"copy or export it again") from exc
+        if chosen == ["CPUExecutionProvider"]:
             raise ModelError(f"model {path} cannot be loaded by ONNX Runtime: {exc}") from exc
         # An accelerator that is installed but cannot start (driver, library, memory): run on the CPU.
         log.warning("providers_failed", model=path, tried=chosen, error=str(exc).splitlines()[0][:300],
@@ -176,8 +180,10 @@ def class_names(info: ModelInfo, labels_path: str | None, num_classes: int) -> l
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def num_classes(info: ModelInfo, adapter: type[Adapter], labels_path: str | None = None) -> int:
-    """From the output layout where it tells, else from the metadata names, else from the labels file."""
+def num_classes(info: ModelInfo, adapter: type[Adapter], labels_path: str | None = None,
+                required: bool = True) -> int:
+    """From the output layout where it tells, else from the metadata names, else from the labels file; else an
+    error, or 0 when not ``required`` (inspection of a file that names no classes)."""
     counted = adapter.classes_in(info)
     if counted is not None:
         return counted
@@ -186,8 +192,11 @@ def num_classes(info: ModelInfo, adapter: type[Adapter], labels_path: str | None
         return named
     if labels_path:
         return len(class_names(info, labels_path, 0))
+    if not required:
+        return 0
     raise ModelError(f"model {info.path}: outputs {info.output_shapes} ({adapter.name}) do not say how many "
-                     f"classes there are and the file has no `names` metadata; give `labels:` in the pipeline")
+                     f"classes there are and the file has no `names` metadata; give a class-names file, one name "
+                     f"per line (`labels:` in the pipeline, --labels on the command line)")
 
 
 @dataclass
@@ -281,14 +290,15 @@ def _stack_padded(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
 def load_model(path: str, adapter: str = "auto", input_size: tuple[int, int] | None = None,
                labels: str | None = None, providers: list[str] | None = None, intra_op_threads: int = 0,
                inter_op_threads: int = 1, spin: bool = False,
-               preprocess: dict[str, Any] | None = None) -> LoadedModel:
+               preprocess: dict[str, Any] | None = None, require_classes: bool = True) -> LoadedModel:
     """Open ``path`` and configure everything the file tells; ``preprocess`` overrides single fields of the
-    adapter's pre-processing defaults (letterbox, pad_position, pad_value, rgb, scale, mean, std)."""
+    adapter's pre-processing defaults (letterbox, pad_position, pad_value, rgb, scale, mean, std).
+    ``require_classes=False`` (inspection only) loads a model whose class count nothing tells, with no names."""
     session = create_session(path, providers or ["CPUExecutionProvider"], intra_op_threads, inter_op_threads, spin)
     info = model_info(session, path)
     hw = input_hw(info, input_size)
     adapter_class = select_adapter(info, adapter, hw)
-    nc = num_classes(info, adapter_class, labels)
+    nc = num_classes(info, adapter_class, labels, required=require_classes)
     try:
         spec: PreprocessSpec = adapter_class.preprocess.with_overrides(preprocess)
     except (TypeError, ValueError) as exc:

@@ -197,3 +197,13 @@ def framework_reference(script: Path, modules: tuple[str, ...], model_path: Path
     run_train(python, str(script), "predict", "--model", str(model_path), "--threshold", str(threshold),
               "--out", str(out), *map(str, images))
     return json.loads(out.read_text())
+
+
+def without_metadata(path: Path, out: Path) -> Path:
+    """A copy of an export with every metadata entry removed, as a user's own export would come."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.save(model, str(out))
+    return out

@@ -23,7 +23,7 @@ from streamd.infer.inspect import inspect_model
 from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
 from tests.reference.compare import (cached_path, compare, detect_files, frames_by_kind, framework_reference,
-                                     pick_threshold, run_train, train_python)
+                                     pick_threshold, run_train, train_python, without_metadata)
 
 pytestmark = pytest.mark.reference
 
@@ -78,3 +78,10 @@ def test_inspect_identifies_rfdetr_export() -> None:
     assert report.num_classes == 91  # rfdetr's COCO layout: logit index = COCO category id
     assert report.classes[1] == "person" and report.classes[3] == "car" and report.classes[90] == "toothbrush"
     assert report.preprocess["letterbox"] is False and report.preprocess["mean"] == (0.485, 0.456, 0.406)
+
+
+def test_inspect_identifies_rfdetr_export_without_metadata(tmp_path: Path) -> None:
+    """A user's own RF-DETR export carries no streamd metadata: the output layout still gives the adapter."""
+    report = inspect_model(without_metadata(exported(), tmp_path / "plain.onnx"), runs=0)
+    assert report.adapter == "rfdetr" and report.adapter_source == "output names and shapes"
+    assert report.input_hw == (IMGSZ, IMGSZ) and report.num_classes == 91  # one logit per COCO category id

@@ -23,7 +23,7 @@ from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams
 from tests.conftest import MEDIA, require
 from tests.reference.compare import (cached_path, compare, detect_files, frames_by_kind, framework_reference,
-                                     pick_threshold, run_train, train_python)
+                                     pick_threshold, run_train, train_python, without_metadata)
 
 pytestmark = pytest.mark.reference
 
@@ -82,3 +82,12 @@ def test_inspect_identifies_torchvision_export(arch: str) -> None:
     assert report.num_classes == 91  # torchvision's COCO labels: 0 = background, ids 1..90 with gaps
     assert report.classes[1] == "person" and report.classes[3] == "car" and report.classes[90] == "toothbrush"
     assert report.preprocess["letterbox"] is False and report.preprocess["resize"] == "linear_float"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_inspect_identifies_torchvision_export_without_metadata(arch: str, tmp_path: Path) -> None:
+    """A user's own torchvision export carries no streamd metadata: the output names still give the adapter."""
+    report = inspect_model(without_metadata(exported(arch), tmp_path / "plain.onnx"), runs=0)
+    assert report.adapter == "torchvision" and report.adapter_source == "output names and shapes"
+    assert report.input_hw == (IMGSZ, IMGSZ) and report.num_classes == 0  # labels output: a names file is needed
+    assert "--labels FILE" in report.to_text()

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.tools import needs
+from tests.unit.test_adapters import graph_model
 from tools.evaluate.__main__ import class_mapping, main
 from tools.evaluate.metrics import confusion_matrix
 
@@ -127,29 +128,6 @@ def test_a_model_for_other_classes_is_warned_about() -> None:
     assert any("does not predict" in n and "bicycle, motorcycle" in n for n in notes)
 
 
-def constant_torchvision_model(path: Path, box: list[float], label: int, names: list[str], size: int) -> Path:
-    """A torchvision-layout ONNX (boxes, scores, labels) that always outputs one box, as tools.export names it."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from tools.export.frameworks import write_metadata
-
-    constants = {"boxes": np.array([box], np.float32), "scores": np.array([0.9], np.float32),
-                 "labels": np.array([label], np.int64)}
-    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
-             for name, value in constants.items()]
-    outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["n", 4]),
-               helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n"]),
-               helper.make_tensor_value_info("labels", TensorProto.INT64, ["n"])]
-    graph = helper.make_graph(nodes, "constant", [helper.make_tensor_value_info(
-        "images", TensorProto.FLOAT, [1, 3, size, size])], outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    write_metadata(path, "torchvision", size, names)
-    return path
-
-
 def test_torchvision_export_with_background_class_is_scored_by_name(tmp_path: Path) -> None:
     """tools.export names a torchvision model's classes [background, *dataset names]: label 1 is dataset class 0."""
     data = tmp_path / "data"
@@ -159,7 +137,10 @@ def test_torchvision_export_with_background_class_is_scored_by_name(tmp_path: Pa
     (data / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # a box from (16, 16) to (48, 48)
     (data / "data.yaml").write_text(f"path: {data}\ntrain: images\nval: images\nnames: [box, bottle, can]\n")
     names = ["background", "box", "bottle", "can"]
-    model = constant_torchvision_model(tmp_path / "tv.onnx", [16, 16, 48, 48], 1, names, 64)
+    outputs = {"boxes": np.array([[16, 16, 48, 48]], np.float32), "scores": np.array([0.9], np.float32),
+               "labels": np.array([1], np.int64)}  # label 1 = "box", as torchvision numbers classes from 1
+    model = graph_model(tmp_path / "tv.onnx", outputs, [1, 3, 64, 64],
+                        metadata={"streamd_adapter": "torchvision", "names": json.dumps(names)})
     out = tmp_path / "report"
     assert main(["--model", str(model), "--data", str(data / "data.yaml"), "--split", "val", "--out", str(out),
                  "--no-plots"]) == 0

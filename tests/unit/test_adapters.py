@@ -92,7 +92,7 @@ def test_end_to_end_layout_without_metadata_is_ambiguous_and_lists_candidates(tm
 
 def test_end_to_end_without_names_needs_labels(tmp_path: Path) -> None:
     path = graph_model(tmp_path / "e2e.onnx", {"output0": E2E_ROWS[None]}, [1, 3, 64, 64])
-    with pytest.raises(ModelError, match="give `labels:` in the pipeline"):
+    with pytest.raises(ModelError, match=r"give a class-names file.*`labels:` in the pipeline"):
         load_model(str(path), adapter="ultralytics_e2e")
 
 

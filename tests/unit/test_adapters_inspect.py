@@ -73,3 +73,32 @@ def test_fp16_weights_with_fp32_inputs(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, str(tmp_path / "m.onnx"))
     assert precision(str(tmp_path / "m.onnx"), "tensor(float)") == "fp16 (fp32 inputs)"
+
+
+def test_torchvision_layout_without_names_is_identified_and_asks_for_labels(tmp_path: Path) -> None:
+    """A user's own torchvision export: no metadata, so no class count; inspect still names the adapter."""
+    outputs = {"boxes": np.zeros((5, 4), np.float32), "scores": np.zeros(5, np.float32),
+               "labels": np.zeros(5, np.int64)}
+    path = graph_model(tmp_path / "tv.onnx", outputs, [1, 3, 64, 64])
+    report = inspect_model(path, runs=0)
+    assert report.adapter == "torchvision" and report.adapter_source == "output names and shapes"
+    assert report.num_classes == 0 and report.classes == []
+    assert "classes:    unknown" in report.to_text() and "--labels FILE" in report.to_text()
+    names = tmp_path / "names.txt"
+    names.write_text("background\nbox\nbottle\n")
+    assert inspect_model(path, runs=0, labels=str(names)).classes == ["background", "box", "bottle"]
+    from streamd.errors import ModelError
+    from streamd.infer.model import load_model
+
+    with pytest.raises(ModelError, match=r"give a class-names file.*`labels:` in the pipeline, --labels"):
+        load_model(str(path))  # the daemon needs the names
+
+
+def test_square_output_at_the_anchor_count_is_reported_as_ambiguous(tmp_path: Path) -> None:
+    """[1, 84, 84] at 64x64 reads as ultralytics (4+80 x 84 anchors) or YOLOX (84 rows x 5+79): ask, not guess."""
+    path = graph_model(tmp_path / "sq.onnx", {"output0": np.zeros((1, 84, 84), np.float32)}, [1, 3, 64, 64])
+    proc = subprocess.run([sys.executable, "-m", "streamd", "model", "inspect", str(path), "--runs", "0"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and "fit several adapters: ultralytics" in proc.stderr and "yolox" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert inspect_model(path, adapter="yolox", runs=0).num_classes == 79

@@ -224,9 +224,11 @@ def test_missing_model_file_names_the_path(tmp_path: Path) -> None:
 def test_corrupt_model_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a protobuf")
-    with pytest.raises(ModelError, match="cannot be loaded by ONNX Runtime") as info:
+    with pytest.raises(ModelError, match="is truncated or not an ONNX file") as info:
         load_model(str(bad))
     assert str(bad) in str(info.value)
+    with pytest.raises(ModelError, match="is a directory, not an ONNX file"):
+        load_model(str(tmp_path))
 
 
 def test_unavailable_provider_falls_back_to_cpu(ultra_path: Path) -> None:

@@ -38,8 +38,9 @@ class UltralyticsAdapter(Adapter):
             return False
         if "names" in info.metadata and static(channels):
             return channels > 4 and (not static(anchors) or anchors > channels)  # type: ignore[operator]
-        # Without metadata: channels-first with many more anchors than channels.
-        return static(channels) and static(anchors) and 4 < channels < anchors and \
+        # Without metadata: channels-first with at least as many anchors as channels (equal counts also fit
+        # YOLOX, and are then reported as ambiguous).
+        return static(channels) and static(anchors) and 4 < channels <= anchors and \
             anchors == _anchor_count(input_hw)  # type: ignore[operator]
 
     @classmethod
