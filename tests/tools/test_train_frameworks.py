@@ -149,6 +149,44 @@ def test_bad_input_is_refused_by_name(args: list[str], message: str, python: str
     assert "Traceback" not in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few synthetic images per split, written in-process (no train interpreter needed)."""
+    from tools.synth.dataset import write_dataset
+
+    out = tmp_path_factory.mktemp("weights-data") / "data"
+    write_dataset(out, {"train": [100], "val": [102]}, every=120)
+    return out / "data.yaml"
+
+
+@pytest.mark.parametrize(("framework", "name", "content", "message"), [
+    ("yolo", "text.onnx", b"hello", "--framework yolo starts from .pt files, not .onnx (an .onnx is an export"),
+    ("rtdetr", "best.pth", b"PK\x03\x04", "--framework rtdetr starts from .pt files, not .pth"),
+    ("torchvision", "model.onnx", b"hello", "--framework torchvision starts from .pt or .pth files, not .onnx"),
+    ("rfdetr", "weights", b"PK\x03\x04", "--framework rfdetr starts from .pth or .pt files, not a file without"),
+    ("yolo", "notes.pt", b"just text", "is not a PyTorch checkpoint"),
+    ("yolo", "missing.pt", None, "missing.pt does not exist"),
+    ("torchvision", "run", "folder", "is a folder; give the weights file itself"),
+])
+def test_unusable_weights_are_refused_before_any_framework_code(
+        framework: str, name: str, content: bytes | str | None, message: str, small_data: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """In the daemon's interpreter, which has no torch: an import of framework code would fail differently."""
+    from tools.train.__main__ import main
+
+    weights = tmp_path / name
+    if content == "folder":
+        weights.mkdir()
+    elif isinstance(content, bytes):
+        weights.write_bytes(content)
+    assert main(["--framework", framework, "--data", str(small_data), "--weights", str(weights),
+                 "--project", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --weights {weights}") and message in err, err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
 def test_rfdetr_missing_is_named_with_the_install_command(data: Path, tmp_path: Path) -> None:
     """The daemon's own interpreter has no rfdetr: the error says which package and how to install it."""
     require(not can_import(sys.executable, "rfdetr, pytorch_lightning"), f"{sys.executable} has rfdetr installed")

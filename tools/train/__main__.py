@@ -31,7 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from tools.dataset.yolo import DatasetError, open_dataset
-from tools.train.options import DEFAULTS, FRAMEWORKS, TrainError, TrainOptions, load_options, run_dir_of
+from tools.train.options import (DEFAULTS, FRAMEWORKS, TrainError, TrainOptions, check_weights, load_options,
+                                 run_dir_of)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--framework", choices=FRAMEWORKS, help="what trains the model (default: yolo)")
     p.add_argument("--data", type=Path, help="dataset data.yaml (YOLO format), or the folder holding it")
     p.add_argument("--model", help="model yaml / variant / architecture (see above; default per framework)")
-    p.add_argument("--weights", type=Path, help="start from these weights (a file you supply), not from scratch")
+    p.add_argument("--weights", type=Path,
+                   help="start from these weights (a file you supply), not from scratch: a .pt for yolo and rtdetr, "
+                        "a .pth or .pt for rfdetr and torchvision (not an exported .onnx)")
     p.add_argument("--resume", type=Path, help="continue the run in this folder (or that wrote this checkpoint)")
     p.add_argument("--epochs", type=int, help="total epochs (default 40)")
     p.add_argument("--imgsz", type=int, default=320, help="training image size in pixels")
@@ -87,8 +90,8 @@ def options_from(args: argparse.Namespace) -> TrainOptions:
         workers=2 if args.workers is None else args.workers, device=args.device or "cpu",
         project=args.project.resolve(), name=args.name,  # absolute: --resume may run from anywhere
     )
-    if opts.weights is not None and not opts.weights.is_file():
-        raise TrainError(f"--weights {opts.weights} does not exist; give a weights file you have")
+    if args.weights is not None:
+        check_weights(framework, args.weights)
     if opts.framework in ("yolo", "rtdetr") and opts.model.endswith((".yaml", ".yml")) and "/" in opts.model \
             and not Path(opts.model).is_file():
         raise TrainError(f"--model {opts.model} does not exist")

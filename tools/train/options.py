@@ -48,6 +48,41 @@ DEFAULTS: dict[str, Defaults] = {
 }
 
 
+# What --weights each framework can start from. Ultralytics asserts on anything but .pt deep inside
+# its loader; RF-DETR and torchvision runners torch.load the file, which reads .pt and .pth alike.
+WEIGHT_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "yolo": (".pt",),
+    "rtdetr": (".pt",),
+    "rfdetr": (".pth", ".pt"),
+    "torchvision": (".pt", ".pth"),
+}
+
+
+def check_weights(framework: str, weights: Path) -> None:
+    """Refuse a --weights file the framework cannot start from, before any framework code is imported.
+
+    An exported .onnx, a missing file or a text file renamed .pt would otherwise fail deep inside
+    ultralytics/torch with an AssertionError or UnpicklingError traceback.
+    """
+    accepted = WEIGHT_SUFFIXES[framework]
+    if weights.is_dir():
+        raise TrainError(f"--weights {weights} is a folder; give the weights file itself "
+                         f"(e.g. {weights / 'weights' / ('best' + accepted[0])})")
+    if not weights.is_file():
+        raise TrainError(f"--weights {weights} does not exist; give a weights file you have")
+    if weights.suffix.lower() not in accepted:
+        hint = (" (an .onnx is an export: start from the .pt it was exported from)"
+                if weights.suffix.lower() == ".onnx" else "")
+        raise TrainError(f"--weights {weights}: --framework {framework} starts from {' or '.join(accepted)} "
+                         f"files, not {weights.suffix or 'a file without a suffix'}{hint}")
+    with weights.open("rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK\x03\x04) since torch 1.6, a protocol-2 pickle (\x80) before
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise TrainError(f"--weights {weights} is not a PyTorch checkpoint (torch.save writes a zip archive); "
+                         "is it truncated, or another kind of file renamed?")
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """One training run, the same fields for every framework (a field a framework cannot use is said so at start)."""
