@@ -81,8 +81,8 @@ def augment_dataset(ds: YoloDataset, out: Path, copies: int = 2, config: Augment
             cv2.imwrite(str(out / "images" / name), result["image"], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             # 6 decimals like the originals (1e-6 of the side is far below a pixel); the float32
             # round trip through albumentations would otherwise show as 10 noisy digits.
-            lines = [format_box(int(c), *map(float, box), decimals=LABEL_DECIMALS)
-                     for box, c in zip(result["bboxes"], result["class_labels"])]
+            lines = [format_box(int(c), float(cx), float(cy), float(w), float(h), decimals=LABEL_DECIMALS)
+                     for (cx, cy, w, h), c in zip(result["bboxes"], result["class_labels"])]
             target = out / "labels" / name.with_suffix(".txt")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text("".join(line + "\n" for line in lines))
