@@ -85,3 +85,56 @@ def test_bad_sources_fail_clearly_without_credentials(tmp_path: Path, capsys: py
     assert main(["rtsp://admin:hunter2@127.0.0.1:9/live", "--out", str(tmp_path / "o"), "--max", "1"]) == 1
     err = capsys.readouterr().err
     assert "admin:***@127.0.0.1" in err and "hunter2" not in err
+
+
+def test_rerun_into_a_used_out_is_refused_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clip = make_clip(tmp_path / "moving.mp4", frames=60, fps=30)
+    out = tmp_path / "out"
+    assert main([str(clip), "--out", str(out), "--every", "2"]) == 0
+    assert len(list(out.glob("*.jpg"))) == 30
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([str(clip), "--out", str(out), "--every", "20"]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out} is not empty (30 images and 1 manifest of an earlier run)" in err and "--overwrite" in err
+    assert len(list(out.glob("*.jpg"))) == 30 and len(read_manifest(out / "manifest.csv")) == 30  # untouched
+
+    assert main([str(clip), "--out", str(out), "--every", "20", "--overwrite", "--manifest", "m.jsonl"]) == 0
+    assert "deleted 30 images of the earlier run" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "m.jsonl").read_text().splitlines()]
+    assert sorted(p.name for p in out.glob("*.jpg")) == [r["file"] for r in rows] == \
+        ["moving_000000.jpg", "moving_000020.jpg", "moving_000040.jpg"]
+    assert not (out / "manifest.csv").exists()  # the old manifest went with its images
+    assert (out / "notes.txt").read_text() == "mine"  # what the tool did not write stays
+
+
+def test_overwrite_keeps_the_old_images_when_the_source_cannot_open(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "moving.mp4", frames=10, fps=10)
+    out = tmp_path / "out"
+    assert main([str(clip), "--out", str(out)]) == 0
+    assert main([str(tmp_path / "typo.mp4"), "--out", str(out), "--overwrite"]) == 1
+    assert len(list(out.glob("*.jpg"))) == 10 and len(read_manifest(out / "manifest.csv")) == 10
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scene", "2"], "argument --scene: 2.0 is outside 0..1"),
+    (["--scene", "-0.1"], "argument --scene: -0.1 is outside 0..1"),
+    (["--dedupe", "65"], "argument --dedupe: 65 is outside 0..64"),
+])
+def test_out_of_range_thresholds_are_argparse_errors(args: list[str], message: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["video.mp4", "--out", str(tmp_path / "o"), *args])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_start_past_the_end_warns_with_the_length(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clip = make_clip(tmp_path / "moving.mp4", frames=60, fps=30)
+    assert main([str(clip), "--out", str(tmp_path / "late"), "--start", "100"]) == 1
+    err = capsys.readouterr().err
+    assert f"warning: --start 100 s is past the end of {clip} (2.00 s long)" in err
+    assert not (tmp_path / "late").exists()
+    assert main([str(clip), "--out", str(tmp_path / "ok"), "--start", "1.5"]) == 0  # inside: frames 45..59
+    assert [int(r["frame_index"]) for r in read_manifest(tmp_path / "ok" / "manifest.csv")] == list(range(45, 60))

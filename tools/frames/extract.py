@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +61,21 @@ class Summary:
     kept: int = 0
     skipped_scene: int = 0
     skipped_duplicate: int = 0
+    duration_s: float | None = None  # of a file, from its header (None: not given, or a live source)
+    last_frame_s: float | None = None  # timestamp of the last decoded frame
+    removed: int = 0  # old images deleted by --overwrite
+
+    @property
+    def length_s(self) -> float | None:
+        """How long the video is, as far as is known: its header, else its last decoded frame."""
+        return self.duration_s if self.duration_s is not None else self.last_frame_s
+
+    def started_past_end(self, start_s: float) -> bool:
+        """True when --start lies at or beyond the video's end, so nothing could be selected."""
+        if start_s <= 0 or self.candidates:
+            return False
+        return (self.duration_s is not None and start_s >= self.duration_s) or \
+            (self.last_frame_s is not None and start_s > self.last_frame_s)
 
 
 def is_live(source: str) -> bool:
@@ -78,6 +94,59 @@ def open_video(source: str, open_timeout_s: float = 10.0) -> av.container.InputC
         container.close()
         raise ExtractError(f"{redact(source)} has no video track")
     return container
+
+
+def video_duration(container: av.container.InputContainer) -> float | None:
+    """Seconds, from the stream's or the container's header; None for live streams and files without one."""
+    video = container.streams.video[0]
+    if video.duration is not None and video.time_base is not None:
+        return float(video.duration * video.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _manifest_files(path: Path) -> list[str] | None:
+    """Image names a tools.frames manifest lists, or None when ``path`` is not such a manifest."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            if path.suffix == ".csv":
+                reader = csv.DictReader(f)
+                if not {"file", "frame_index"} <= set(reader.fieldnames or ()):
+                    return None
+                return [row["file"] for row in reader if row.get("file")]
+            names = []
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or "file" not in row or "frame_index" not in row:
+                        return None
+                    names.append(str(row["file"]))
+            return names
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        return None
+
+
+def earlier_output(out: Path, stem: str) -> tuple[list[Path], list[Path]]:
+    """(images, manifests) an earlier run left in ``out``: every image its manifests (.csv or .jsonl) list,
+    and images named as this run would name them (``<stem>_<frame>.jpg|png``) even if no manifest lists them
+    (a manifest deleted by hand, or a run with another --manifest name that was removed)."""
+    if not out.is_dir():
+        return [], []
+    images: set[Path] = set()
+    manifests = []
+    for candidate in sorted(out.iterdir()):
+        if candidate.suffix in (".csv", ".jsonl") and candidate.is_file():
+            listed = _manifest_files(candidate)
+            if listed is None:
+                continue
+            manifests.append(candidate)
+            for name in listed:
+                if Path(name).name == name and (out / name).is_file():  # never follow a path out of OUT
+                    images.add(out / name)
+    pattern = re.compile(re.escape(stem) + r"_\d{6}\.(jpg|png)")
+    images.update(p for p in out.iterdir() if p.is_file() and pattern.fullmatch(p.name))
+    return sorted(images), manifests
 
 
 def frames(container: av.container.InputContainer) -> Iterator[tuple[int, float, av.VideoFrame]]:
@@ -117,23 +186,48 @@ class ManifestWriter:
 
 
 def extract(source: str, out: Path, selection: Selection, image_format: str = "jpg", quality: int = 95,
-            manifest: str = "manifest.csv", prefix: str | None = None, progress: bool = True) -> Summary:
-    """Decode ``source`` and write the selected frames to ``out``; returns counts and manifest rows."""
+            manifest: str = "manifest.csv", prefix: str | None = None, progress: bool = True,
+            overwrite: bool = False) -> Summary:
+    """Decode ``source`` and write the selected frames to ``out``; returns counts and manifest rows.
+
+    A non-empty ``out`` is refused: a rerun would rewrite the manifest and leave the earlier run's images
+    beside the new ones, unlisted. With ``overwrite`` the earlier run's images and manifests are deleted
+    (see ``earlier_output``; other files stay), only once the source has opened.
+    """
     if selection.every < 1:
         raise ValueError("--every must be >= 1")
     if selection.fps is not None and selection.fps <= 0:
         raise ValueError("--fps must be > 0")
     if image_format not in ("jpg", "png"):
         raise ValueError("--format must be jpg or png")
-    out.mkdir(parents=True, exist_ok=True)
     safe_source = redact(source)
     stem = prefix or (Path(source).stem if not is_live(source) else "frame")
+    if out.exists() and not out.is_dir():
+        raise ExtractError(f"--out {out} is a file; give a folder")
+    present = sorted(out.iterdir()) if out.is_dir() else []
+    if present and not overwrite:
+        images, manifests = earlier_output(out, stem)
+        what = (f"{len(images)} images and {len(manifests)} manifest{'s' * (len(manifests) != 1)} of an earlier "
+                f"run" if images or manifests else f"{len(present)} other files")
+        raise ExtractError(f"--out {out} is not empty ({what}); give a new --out, or --overwrite to delete "
+                           "the earlier run's images and manifest first")
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
     dedupe = (NearDuplicateFilter(selection.dedupe_threshold, selection.hash_method, selection.dedupe_window)
               if selection.dedupe_threshold is not None else None)
     summary = Summary()
-    writer = ManifestWriter(out / manifest)
     container = open_video(source)
+    if not is_live(source):
+        summary.duration_s = video_duration(container)
+        if summary.started_past_end(selection.start_s):
+            container.close()
+            return summary  # nothing to decode; OUT untouched
+    if present:
+        images, manifests = earlier_output(out, stem)
+        for old in [*images, *manifests]:
+            old.unlink()
+        summary.removed = len(images)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ManifestWriter(out / manifest)
     total = container.streams.video[0].frames or None
     bar = tqdm(total=total, desc=Path(source).name if not is_live(source) else "stream", unit="frame",
                disable=not progress)
@@ -142,6 +236,7 @@ def extract(source: str, out: Path, selection: Selection, image_format: str = "j
     try:
         for index, t, frame in frames(container):
             summary.decoded += 1
+            summary.last_frame_s = t
             bar.update(1)
             if t < selection.start_s:
                 continue
