@@ -99,3 +99,36 @@ def test_no_product_is_near_the_line_at_the_start_or_end(speed: float) -> None:
     for p in scene.products:
         for frame in (0, config.frames - 1):
             assert abs(p.centre_x(frame, speed) - config.line_x) > speed * (config.margin_frames - 1)
+
+
+def test_every_synth_option_is_described(capsys: pytest.CaptureFixture[str]) -> None:
+    """`tools.synth dataset --help` says what --train/--val/--test/--every mean, and so does every other option."""
+    import argparse
+
+    from tools.synth.__main__ import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 15, f"{name} {action.option_strings[0]} has no description"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["dataset", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--train SEEDS scene seeds for the train split: a range (LOW-HIGH, inclusive)" in text
+    assert "(default 100-139: 40 scenes)" in text and "keep every Nth frame of each scene (default 6: 60 images" in text
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("139-100", "'139-100' runs backwards"),
+    ("a-b", "'a-b' is not a seed list"),
+    (",", "no seeds given"),
+])
+def test_bad_seed_ranges_are_argparse_errors(value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from tools.synth.__main__ import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["dataset", "--out", "x", "--train", value])
+    assert exited.value.code == 2
+    assert f"argument --train: {message}" in capsys.readouterr().err
