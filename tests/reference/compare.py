@@ -16,7 +16,7 @@ import numpy as np
 
 from streamd.infer.model import LoadedModel
 from streamd.infer.postprocess import Candidates, PostprocessParams, finish
-from streamd.infer.preprocess import letterbox_into, to_tensor
+from streamd.infer.preprocess import Transform, letterbox_into, to_tensor
 from tests.conftest import MEDIA, REPO, require
 
 # Exported models are cached here between runs (gitignored: out/ is): CI keeps the folder warm.
@@ -51,14 +51,19 @@ def run_train(python: str, *args: str, timeout: float = 900) -> str:
     return proc.stdout
 
 
-def detect_files(model: LoadedModel, images: list[Path], params: PostprocessParams) -> list[Candidates]:
-    """streamd's detections for image files, the way the inference stage makes them (batched)."""
-    frames = [cv2.imread(str(p)) for p in images]
+def model_tensor(model: LoadedModel, frames: list[np.ndarray]) -> tuple[np.ndarray, list[Transform]]:
+    """The input tensor streamd's pre-processing makes for these frames, and each frame's transform."""
     h, w = model.input_hw
     spec = model.adapter.preprocess
     pixels = np.zeros((len(frames), h, w, 3), spec.pixel_dtype)  # float32 for resize="linear_float"
     transforms = [letterbox_into(f, pixels[i], spec) for i, f in enumerate(frames)]
-    tensor = to_tensor(pixels, spec, np.zeros((len(frames), 3, h, w), np.float32))
+    return to_tensor(pixels, spec, np.zeros((len(frames), 3, h, w), np.float32)), transforms
+
+
+def detect_files(model: LoadedModel, images: list[Path], params: PostprocessParams) -> list[Candidates]:
+    """streamd's detections for image files, the way the inference stage makes them (batched)."""
+    frames = [cv2.imread(str(p)) for p in images]
+    tensor, transforms = model_tensor(model, frames)
     outputs = model.run(tensor)
     return [finish(model.adapter.decode(outputs, i, params.confidence), params, t, f.shape[1], f.shape[0])
             for i, (f, t) in enumerate(zip(frames, transforms))]
@@ -191,11 +196,11 @@ def pick_threshold(model_path: Path, images: list[Path], quantile: float) -> flo
 
 
 def framework_reference(script: Path, modules: tuple[str, ...], model_path: Path, images: list[Path],
-                        threshold: float, out: Path) -> list[dict]:
+                        threshold: float, out: Path, *extra: str) -> list[dict]:
     """The framework's own detections: ``script predict`` run in the training interpreter."""
     python = train_python(*modules)
     run_train(python, str(script), "predict", "--model", str(model_path), "--threshold", str(threshold),
-              "--out", str(out), *map(str, images))
+              "--out", str(out), *extra, *map(str, images))
     return json.loads(out.read_text())
 
 

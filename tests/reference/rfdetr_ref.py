@@ -19,7 +19,10 @@ Two properties of a random init would make it a poor test subject, and are chang
   against ONNX Runtime, even on an identical input tensor) then swaps a query on some frames, and the
   swapped query's detection differs wholesale. A trained model scores the tokens at the cut as background,
   far below any threshold. At 256 px the encoder has 16 x 16 = 256 tokens, all kept, so there is no cut;
-  the architecture and the pre-processing are unchanged.
+  the architecture and the pre-processing are unchanged. Nano's own 384 px is compared too, frame by frame:
+  `predict --record-selection` writes the encoder's token scores and kept tokens, which the test reads from
+  the ONNX graph's TopK as well; frames that kept the same queries must give the same detections, and a token
+  kept by one side only must sit within a float tie of the cut.
 
 `predict` rebuilds the same model (same seed and changes; a fingerprint of the weights, stored in the
 ONNX metadata at export, proves it is the same) and runs rfdetr's own ``model.predict`` on the image
@@ -86,6 +89,24 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TopkRecorder:
+    """Stands in for ``torch`` inside rfdetr's transformer module and records its top-k calls: the two-stage
+    encoder's choice of which tokens become decoder queries (the token scores and the indices kept)."""
+
+    def __init__(self, torch_module):  # type: ignore[no-untyped-def]
+        self._torch = torch_module
+        self.calls: list[dict[str, list]] = []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._torch, name)
+
+    def topk(self, scores, k, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = self._torch.topk(scores, k, *args, **kwargs)
+        self.calls.append({"scores": scores.detach().reshape(-1).tolist(),
+                           "indices": sorted(result[1].detach().reshape(-1).tolist())})
+        return result
+
+
 def predict(args: argparse.Namespace) -> int:
     meta = read_metadata(args.model)
     size = int(meta["streamd_input_size"].split(",")[0])
@@ -96,8 +117,16 @@ def predict(args: argparse.Namespace) -> int:
         return 1
     from PIL import Image
 
+    recorder = None
+    if args.record_selection:
+        from rfdetr.models import transformer
+
+        recorder = _TopkRecorder(transformer.torch)
+        transformer.torch = recorder
     results = []
     for image in args.images:
+        if recorder is not None:
+            recorder.calls.clear()
         dets = model.predict(str(image), threshold=args.threshold, shape=(size, size), include_source_image=False)
         with Image.open(image) as im:
             width, height = im.size
@@ -110,6 +139,9 @@ def predict(args: argparse.Namespace) -> int:
             "class_id": dets.class_id.astype(int).tolist(),
             "class_name": [str(n) for n in dets.data.get("class_name", [])],
         })
+        if recorder is not None:
+            assert len(recorder.calls) == 1, f"expected one encoder top-k per image, saw {len(recorder.calls)}"
+            results[-1]["encoder_selection"] = recorder.calls[0]
     args.out.write_text(json.dumps(results))
     return 0
 
@@ -125,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--model", type=Path, required=True, help="the ONNX file `export` wrote")
     pr.add_argument("--threshold", type=float, default=0.5)
     pr.add_argument("--out", type=Path, required=True)
+    pr.add_argument("--record-selection", action="store_true",
+                    help="also write the two-stage encoder's token scores and the tokens it kept as queries")
     pr.add_argument("images", type=Path, nargs="+")
     args = parser.parse_args(argv)
     return {"export": export, "predict": predict}[args.cmd](args)

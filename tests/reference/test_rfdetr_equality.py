@@ -17,28 +17,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from streamd.infer.inspect import inspect_model
-from streamd.infer.model import load_model
+from streamd.infer.model import LoadedModel, load_model
 from streamd.infer.postprocess import PostprocessParams
 from tests.reference.compare import (cached_path, compare, detect_files, frames_by_kind, framework_reference,
-                                     pick_threshold, run_train, train_python, without_metadata)
+                                     model_tensor, pick_threshold, run_train, train_python,
+                                     without_metadata)
 
 pytestmark = pytest.mark.reference
 
 REF_SCRIPT = Path(__file__).with_name("rfdetr_ref.py")
 EXPORT_CODE = Path(__file__).resolve().parents[2] / "tools" / "export" / "frameworks.py"
-IMGSZ = 256  # rfdetr_ref.RESOLUTION: see there why not nano's default 384
+IMGSZ = 256  # rfdetr_ref.RESOLUTION: see there why not nano's default 384 (which the last test covers)
+NANO_DEFAULT = 384  # 24 x 24 = 576 encoder tokens; the 300 best become decoder queries
+TIE = 1e-4  # encoder token scores this close to the 300th may swap places between PyTorch and ONNX Runtime
 QUANTILE = 0.9  # of the top-300 scores: ~30 detections per frame
 
 
-def exported() -> Path:
+def exported(imgsz: int = IMGSZ) -> Path:
     """The cached export (out/reference-cache, keyed by the reference and export code), made on first use."""
-    path = cached_path("rfdetr-nano", REF_SCRIPT, EXPORT_CODE)
+    path = cached_path("rfdetr-nano" if imgsz == IMGSZ else f"rfdetr-nano-{imgsz}", REF_SCRIPT, EXPORT_CODE)
     if not path.is_file():
         python = train_python("rfdetr", "onnx")
-        run_train(python, str(REF_SCRIPT), "export", "--out", str(path))
+        run_train(python, str(REF_SCRIPT), "export", "--out", str(path), "--imgsz", str(imgsz))
     return path
 
 
@@ -85,3 +90,68 @@ def test_inspect_identifies_rfdetr_export_without_metadata(tmp_path: Path) -> No
     report = inspect_model(without_metadata(exported(), tmp_path / "plain.onnx"), runs=0)
     assert report.adapter == "rfdetr" and report.adapter_source == "output names and shapes"
     assert report.input_hw == (IMGSZ, IMGSZ) and report.num_classes == 91  # one logit per COCO category id
+
+
+def onnx_encoder_selection(path: Path, model: LoadedModel, images: list[Path],
+                           work: Path) -> tuple[list[np.ndarray], list[set[int]]]:
+    """Per image: every encoder token's score and the tokens kept as queries, read from the ONNX graph's one
+    TopK node (made a graph output in a copy), on the input tensor streamd's pre-processing makes."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(str(path))
+    topk = [n for n in graph.graph.node if n.op_type == "TopK"]
+    assert len(topk) == 1, f"{path}: expected the encoder's one TopK node, found {len(topk)}"
+    graph.graph.output.extend([onnx.helper.make_tensor_value_info(topk[0].input[0], onnx.TensorProto.FLOAT, None),
+                               onnx.helper.make_tensor_value_info(topk[0].output[1], onnx.TensorProto.INT64, None)])
+    probe = work / "probe.onnx"
+    onnx.save(graph, str(probe))
+    session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+    scores, kept = [], []
+    for image in images:
+        tensor, _ = model_tensor(model, [cv2.imread(str(image))])
+        token_scores, indices = session.run(None, {model.info.input_name: tensor})[-2:]
+        scores.append(token_scores.reshape(-1))
+        kept.append(set(indices.reshape(-1).tolist()))
+    return scores, kept
+
+
+def test_nano_default_resolution_agrees_wherever_the_encoder_keeps_the_same_queries(tmp_path: Path) -> None:
+    """At nano's own 384 px, the untrained encoder keeps 300 of 576 tokens whose scores are packed so tightly
+    that float noise can swap one at the cut (rfdetr_ref.py). Per frame: the two sides' token scores agree, any
+    token kept by one side only sits within TIE of the cut, and frames with the same queries give the same
+    detections (1 px, 1e-3)."""
+    path = exported(NANO_DEFAULT)
+    model = load_model(str(path))
+    assert model.adapter.name == "rfdetr" and model.input_hw == (NANO_DEFAULT, NANO_DEFAULT)
+    (tmp_path / "frames").mkdir()
+    by_kind = frames_by_kind(tmp_path / "frames", NANO_DEFAULT)
+    images = by_kind["model-resolution"] + by_kind["downscaled"]
+    threshold = pick_threshold(path, images, QUANTILE)
+    ours = detect_files(model, images, PostprocessParams(confidence=threshold, max_detections=300))
+    ref = framework_reference(REF_SCRIPT, ("rfdetr", "onnx"), path, images, threshold, tmp_path / "reference.json",
+                              "--record-selection")
+    onnx_scores, onnx_kept = onnx_encoder_selection(path, model, images, tmp_path)
+    same, swapped_tokens, max_token_diff = [], 0, 0.0
+    for i, (theirs, scores, kept) in enumerate(zip(ref, onnx_scores, onnx_kept, strict=True)):
+        torch_scores = np.asarray(theirs["encoder_selection"]["scores"], np.float32)
+        assert torch_scores.shape == scores.shape == (576,), f"image {i}: {torch_scores.shape} {scores.shape}"
+        max_token_diff = max(max_token_diff, float(np.abs(torch_scores - scores).max()))
+        swapped = kept ^ set(theirs["encoder_selection"]["indices"])
+        if not swapped:
+            same.append(i)
+            continue
+        cut = np.sort(scores)[::-1][299]
+        distance = np.abs(scores[sorted(swapped)] - cut).max()
+        assert distance <= TIE, f"image {i} ({images[i].name}): tokens {sorted(swapped)} kept by one side only " \
+                                f"score up to {distance:.2e} from the cut, more than a float tie"
+        swapped_tokens += len(swapped)
+    assert max_token_diff <= 1e-3, f"encoder token scores differ by {max_token_diff:.2e}"
+    assert len(same) >= len(images) * 2 // 3, f"only {len(same)} of {len(images)} frames kept the same queries"
+    agreement = compare([ours[i] for i in same], [ref[i] for i in same], f"{path.name} (threshold {threshold})",
+                        threshold)
+    assert agreement.detections >= 10 * len(same), f"too few detections to compare: {agreement}"
+    print(f"\n{path.name}: {len(same)} of {len(images)} frames kept the same 300 queries ({swapped_tokens} tokens "
+          f"swapped at the cut elsewhere, token scores within {max_token_diff:.1e}); on those, "
+          f"{agreement.detections} detections, max box diff {agreement.max_box_px:.4f} px, "
+          f"max score diff {agreement.max_score:.2e}")
