@@ -95,7 +95,7 @@ def test_head_is_found_automatically(media: Path) -> None:
 
 
 def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert export(["--onnx", str(tmp_path / "x.onnx"), "--out", str(tmp_path / "y.onnx")]) == 1
+    assert export(["--onnx", str(tmp_path / "x.onnx"), "--out", str(tmp_path / "y.onnx")]) == 2
     assert "x.onnx does not exist" in capsys.readouterr().err
-    assert export(["--onnx", str(FP32), "--out", str(tmp_path / "y.onnx"), "--int8"]) == 1
+    assert export(["--onnx", str(FP32), "--out", str(tmp_path / "y.onnx"), "--int8"]) == 2
     assert "--int8 needs --calibration" in capsys.readouterr().err

@@ -21,6 +21,10 @@ from --onnx: a copy. Variants beside it:
 With --val-data every variant is evaluated (tools.evaluate) and timed against FP32; a report goes to
 OUT.report.md/.json. A variant whose mAP@0.5 drops more than --max-map50-drop below FP32's is renamed
 *.rejected.onnx and the command exits 3: a broken variant is never shipped silently.
+
+Exit status: 0 every variant written (and, with --val-data, within tolerance); 1 a variant could not be
+made or measured; 2 bad input (a missing or unreadable file, a bad option: the message says which);
+3 a variant was refused; 4 FP32 itself scores ~0 mAP@0.5 on --val-data, so the gate could not judge.
 """
 
 from __future__ import annotations
@@ -32,10 +36,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import onnx
+from google.protobuf.message import DecodeError
 
 from streamd.errors import ModelError
+from tools.dataset.yolo import DatasetError
 from tools.export.metadata import stamp
-from tools.export.quantize import quantize_int8
+from tools.export.quantize import calibration_images, quantize_int8
+
+#: packages only the train extra installs; --weights needs them, --onnx does not
+TRAIN_PACKAGES = ("torch", "torchvision", "ultralytics", "rfdetr", "onnxslim")
 
 
 def _stem(out: Path) -> str:
@@ -51,6 +61,52 @@ def weights_framework(weights: Path) -> str:
         return framework_of(weights)
     except TrainError:
         return "yolo"
+
+
+def input_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the files and options given, in one line naming the option; None when all is usable."""
+    given = args.weights or args.onnx
+    option = "--weights" if args.weights else "--onnx"
+    if not given.is_file():
+        return f"{option} {given} does not exist"
+    if args.weights and args.weights.suffix == ".onnx":
+        return f"--weights {given} is an ONNX file: give it as --onnx {given} to make variants of it"
+    if args.onnx:
+        try:
+            model = onnx.load(str(args.onnx), load_external_data=False)
+        except DecodeError:
+            model = None
+        if model is None or not model.graph.node:
+            return (f"--onnx {given} is truncated or not an ONNX file: export or copy it again "
+                    "(`streamd model inspect FILE` checks one)")
+    if args.int8:
+        if args.calibration is None:
+            return "--int8 needs --calibration FOLDER with images (e.g. datasets/NAME/images/train)"
+        if not args.calibration.exists():
+            return f"--calibration {args.calibration} does not exist: give a folder of training images"
+        if not args.calibration.is_dir():
+            return f"--calibration {args.calibration} is not a folder: give a folder of training images"
+        if not calibration_images(args.calibration):
+            return (f"--calibration {args.calibration} has no .jpg/.png images (subfolders are not searched): "
+                    "give the images folder itself, e.g. datasets/NAME/images/train")
+    if args.calibration_count < 1:
+        return "--calibration-count must be >= 1"
+    if args.val_data is not None:
+        if not args.val_data.exists():
+            return f"--val-data {args.val_data} does not exist"
+        from tools.dataset.yolo import open_dataset
+
+        try:
+            open_dataset(args.val_data, split=args.val_split)
+        except DatasetError as exc:
+            return f"--val-data {args.val_data}{' --val-split ' + args.val_split if args.val_split else ''}: {exc}"
+    if args.prune is not None and (args.weights is None or not 0 < args.prune < 1):
+        return ("--prune needs --weights (a torch model to prune) and a fraction between 0 and 1, e.g. --prune 0.3")
+    if args.max_map50_drop < 0:
+        return "--max-map50-drop must be >= 0"
+    if args.runs < 1:
+        return "--runs must be >= 1"
+    return None
 
 
 def export_weights(args: argparse.Namespace) -> None:
@@ -129,26 +185,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50, help="timed runs per variant")
     args = parser.parse_args(argv)
 
-    given = args.weights or args.onnx
-    if not given.is_file():
-        print(f"error: {'--weights' if args.weights else '--onnx'} {given} does not exist", file=sys.stderr)
-        return 1
-    if args.int8 and (args.calibration is None or not args.calibration.is_dir()):
-        print("error: --int8 needs --calibration FOLDER with images (e.g. datasets/NAME/images/val)", file=sys.stderr)
-        return 1
-    if args.val_data is not None and not args.val_data.exists():
-        print(f"error: --val-data {args.val_data} does not exist", file=sys.stderr)
-        return 1
-    if args.prune is not None and (args.weights is None or not 0 < args.prune < 1):
-        print("error: --prune needs --weights (a torch model to prune) and a fraction between 0 and 1, "
-              "e.g. --prune 0.3", file=sys.stderr)
-        return 1
-    if args.max_map50_drop < 0:
-        print("error: --max-map50-drop must be >= 0", file=sys.stderr)
-        return 1
+    problem = input_error(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.weights:
-        export_weights(args)
+        from tools.train.options import TrainError
+
+        try:
+            export_weights(args)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in TRAIN_PACKAGES:
+                raise
+            print(f"error: --weights needs the training tools ({exc.name} is not installed in {sys.prefix}): run "
+                  "this with .venv-train/bin/python, or pip install -e '.[train]' first. --onnx needs neither.",
+                  file=sys.stderr)
+            return 2
+        except TrainError as exc:
+            print(f"error: --weights {args.weights}: {exc}", file=sys.stderr)
+            return 2
     elif args.onnx.resolve() != args.out.resolve():
         shutil.copyfile(args.onnx, args.out)
     print(f"{args.out}: float32, {args.out.stat().st_size / 1e6:.2f} MB")
@@ -200,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as work:
             reports = [measure(name, path, args.val_data, args.val_split, args.labels, args.threads, args.runs,
                                Path(work)) for name, path in variants]
-    except (ModelError, RuntimeError, ValueError) as exc:
+    except (DatasetError, ModelError, RuntimeError, ValueError) as exc:
         print(f"error: a variant cannot be measured, so none is shipped: {exc}", file=sys.stderr)
         return 1
     rejected = gate(reports, args.max_map50_drop)

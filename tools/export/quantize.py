@@ -71,9 +71,14 @@ def head_nodes(model: onnx.ModelProto, head_prefixes: tuple[str, ...] | None = N
     return [n.name for n in model.graph.node if n.name in found and n.name]
 
 
+def calibration_images(folder: Path) -> list[Path]:
+    """The .jpg/.png files directly in ``folder``, sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
 def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, int], spec: PreprocessSpec,
                   count: int = 200, seed: int = 0, head_prefixes: tuple[str, ...] | None = None) -> Path:
-    images = sorted(p for p in calibration_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    images = calibration_images(calibration_dir)
     if not images:
         raise ValueError(f"no calibration images (.jpg/.png) in {calibration_dir}")
     random.Random(seed).shuffle(images)
