@@ -4,6 +4,7 @@ against FP32 on a tools.synth val set; a variant that breaks accuracy is refused
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -53,7 +54,7 @@ def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path) -> Non
     assert list(report) == ["fp32", "fp16", "int8-dynamic", "int8-qdq"]
     for name, suffix in (("fp16", ".fp16.onnx"), ("int8-dynamic", ".int8dyn.onnx"), ("int8-qdq", ".int8.onnx")):
         path = tmp_path / ("conveyor" + suffix)
-        assert report[name]["accepted"] and Path(report[name]["path"]) == path
+        assert report[name]["accepted"] and report[name]["status"] == "shipped" and Path(report[name]["path"]) == path
         assert report[name]["size_mb"] < report["fp32"]["size_mb"]
         assert report[name]["map50_drop"] <= 0.02
         assert report[name]["median_ms"] > 0
@@ -99,3 +100,27 @@ def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "x.onnx does not exist" in capsys.readouterr().err
     assert export(["--onnx", str(FP32), "--out", str(tmp_path / "y.onnx"), "--int8"]) == 2
     assert "--int8 needs --calibration" in capsys.readouterr().err
+
+
+def test_the_gate_does_not_judge_when_fp32_scores_zero(val_set: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Labels that lie about every class (a wrong val set): FP32 scores ~0, so a ~0 variant proves nothing."""
+    needs("pycocotools")
+    wrong = tmp_path / "wrong"
+    shutil.copytree(val_set, wrong)
+    yaml = wrong / "data.yaml"
+    yaml.write_text(yaml.read_text().replace(str(val_set), str(wrong)))
+    for label in (wrong / "labels" / "val").glob("*.txt"):
+        lines = [ln.split() for ln in label.read_text().splitlines() if ln.strip()]
+        label.write_text("".join(f"{(int(c) + 1) % 3} {' '.join(rest)}\n" for c, *rest in lines))
+    out = tmp_path / "conveyor.onnx"
+    assert export(["--onnx", str(FP32), "--out", str(out), "--fp16", "--val-data", str(wrong / "data.yaml"),
+                   "--val-split", "val", "--runs", "3"]) == 4
+    err = capsys.readouterr().err
+    assert "the gate CANNOT judge" in err and "untrained" in err and "class names" in err and "--val-data" in err
+    report = {r["name"]: r for r in json.loads((tmp_path / "conveyor.report.json").read_text())}
+    assert report["fp32"]["map50"] < 0.01
+    assert report["fp16"]["status"] == "unchecked" and not report["fp16"]["accepted"]
+    assert (tmp_path / "conveyor.fp16.onnx").is_file()  # not known to be broken: not renamed
+    md = (tmp_path / "conveyor.report.md").read_text()
+    assert "| yes |" not in md and "**unchecked**" in md and "CANNOT judge" in md

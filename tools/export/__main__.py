@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if len(variants) == 1 and args.val_data is None:
         return 0
-    from tools.export.variants import gate, measure, table
+    from tools.export.variants import MIN_FP32_MAP50, gate, measure, table, unjudgeable
 
     if args.val_data is None:
         print("WARNING: no --val-data given: the variants' accuracy was NOT checked against FP32. Evaluate them "
@@ -261,13 +261,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rejected = gate(reports, args.max_map50_drop)
     text = table(reports, args.threads)
+    val = f"{args.val_data}{' split ' + args.val_split if args.val_split else ''}"
+    warning = ""
+    if unjudgeable(reports):
+        warning = (f"WARNING: the FP32 model itself scores mAP@0.5 {reports[0].map50:.4f} (< {MIN_FP32_MAP50}) on "
+                   f"--val-data {val}, so the gate CANNOT judge the variants: they are marked unchecked, not "
+                   "shipped. Likely causes: the wrong --val-data/--val-split (not this model's classes or images), "
+                   "an untrained or broken model, or class names that do not match the dataset's (see the notes "
+                   "above; give --labels). Evaluate the FP32 model with python -m tools.evaluate and fix that first.")
     report_md = args.out.with_name(stem + ".report.md")
-    report_md.write_text(f"# Variants of `{args.out.name}`\n\nAccuracy on `{args.val_data}`"
-                         f"{' split ' + args.val_split if args.val_split else ''}; tolerance: mAP@0.5 may drop "
-                         f"{args.max_map50_drop} at most.\n\n{text}")
+    report_md.write_text(f"# Variants of `{args.out.name}`\n\nAccuracy on `{val}`; tolerance: mAP@0.5 may drop "
+                         f"{args.max_map50_drop} at most.\n\n{text}" + (f"\n**{warning}**\n" if warning else ""))
     args.out.with_name(stem + ".report.json").write_text(json.dumps(
         [{**r.__dict__, "path": str(r.path)} for r in reports], indent=2))
     print(text)
+    if warning:
+        print(warning, file=sys.stderr)
+        return 4
     if rejected:
         for r in rejected:
             print(f"REFUSED: {r.name} variant loses {r.map50_drop:.4f} mAP@0.5 against FP32 (tolerance "

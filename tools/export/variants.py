@@ -3,7 +3,10 @@
 The gate: each variant is evaluated with tools.evaluate on the same labelled folder as the FP32
 model and timed with tools.bench_models' runner (both through the daemon's inference code). A
 variant whose mAP@0.5 falls more than the tolerance below FP32's is renamed *.rejected.onnx, so no
-pipeline can load it by its intended name, and the export exits non-zero.
+pipeline can load it by its intended name, and the export exits non-zero. When FP32 itself scores
+about zero (below ``MIN_FP32_MAP50``) there is nothing to compare against: every variant would pass,
+so they are all marked "unchecked" instead (wrong validation set, untrained model or class names that
+do not match the dataset's are the usual causes).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from pathlib import Path
 import onnx
 
 from tools.export.metadata import read_metadata, set_metadata, stamp
+
+#: FP32 mAP@0.5 below which the gate cannot judge a variant (any variant "keeps" an accuracy of ~0)
+MIN_FP32_MAP50 = 0.01
 
 
 def convert_fp16(fp32: Path, out: Path) -> Path:
@@ -57,6 +63,8 @@ class VariantReport:
     map: float | None = None
     map50_drop: float | None = None
     accepted: bool = True
+    #: shipped (within tolerance, or not evaluated), refused (renamed *.rejected.onnx), or unchecked (FP32 ~0)
+    status: str = "shipped"
 
 
 def measure(name: str, path: Path, data: Path | None, split: str | None, labels: str | None, threads: int,
@@ -90,20 +98,34 @@ def measure(name: str, path: Path, data: Path | None, split: str | None, labels:
     return report
 
 
+def unjudgeable(reports: list[VariantReport]) -> bool:
+    """True when FP32 was evaluated and scores about zero, so a variant's drop against it means nothing."""
+    return reports[0].map50 is not None and reports[0].map50 < MIN_FP32_MAP50
+
+
 def gate(reports: list[VariantReport], tolerance: float) -> list[VariantReport]:
-    """Mark variants whose mAP@0.5 is more than ``tolerance`` below the first (FP32) report's; rename them."""
+    """Mark variants whose mAP@0.5 is more than ``tolerance`` below the first (FP32) report's; rename them.
+
+    With FP32 at about zero every report is marked unchecked (not accepted, not renamed) and none is refused.
+    """
     base = reports[0]
     rejected = []
     for r in reports[1:]:
         if base.map50 is None or r.map50 is None:
             continue
         r.map50_drop = base.map50 - r.map50
+        if unjudgeable(reports):
+            continue
         if r.map50_drop > tolerance:
             r.accepted = False
+            r.status = "refused"
             target = r.path.with_name(r.path.name.removesuffix(".onnx") + ".rejected.onnx")
             shutil.move(r.path, target)
             r.path = target
             rejected.append(r)
+    if unjudgeable(reports):
+        for r in reports:
+            r.accepted, r.status = False, "unchecked"
     return rejected
 
 
@@ -118,7 +140,7 @@ def table(reports: list[VariantReport], threads: int) -> str:
             acc = f"{r.map50:.4f} | {r.map:.4f} | - | -"
         else:
             acc = f"{r.map50:.4f} | {r.map:.4f} | {-(r.map50_drop or 0):+.4f} | {r.map - base.map:+.4f}"
-        shipped = "yes" if r.accepted else "**REFUSED**"
+        shipped = {"shipped": "yes", "refused": "**REFUSED**", "unchecked": "**unchecked**"}[r.status]
         lines.append(f"| {r.name} | `{r.path.name}` | {r.size_mb:.2f} MB | {r.size_mb / base.size_mb:.2f}x | {r.compressed_mb:.2f} MB | "
                      f"{r.median_ms:.2f} ms ({r.p90_ms:.2f}) | {acc} | {shipped} |")
     return "\n".join(lines) + "\n"
