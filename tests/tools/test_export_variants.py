@@ -17,6 +17,7 @@ from tests.conftest import REPO
 from tests.tools import needs
 from tools.export.__main__ import main as export
 from tools.export.quantize import head_nodes
+from tools.export.variants import VariantReport, refusal
 from tools.synth.dataset import write_dataset
 
 FP32 = REPO / "streamd" / "models" / "conveyor.onnx"
@@ -44,7 +45,7 @@ def assert_batch_axis_kept(path: Path) -> None:
         np.testing.assert_allclose(together[i], alone, atol=1e-2 * max(1.0, float(np.abs(alone).max())))
 
 
-def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path) -> None:
+def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     needs("pycocotools")
     out = tmp_path / "conveyor.onnx"
     assert export(["--onnx", str(FP32), "--out", str(out), "--fp16", "--int8-dynamic", "--int8",
@@ -66,6 +67,11 @@ def test_variants_are_measured_and_shipped(val_set: Path, tmp_path: Path) -> Non
     assert report["fp32"]["map50"] > 0.9
     table = (tmp_path / "conveyor.report.md").read_text()
     assert table.count("| yes |") == 4
+    kept = report["int8-qdq"]["kept_float"]
+    assert kept and all(n.startswith("/model.22/") for n in kept)  # the ultralytics head, by name
+    assert f"int8-qdq keeps {len(kept)} nodes in float: {kept[0]}, " in table
+    out = capsys.readouterr().out
+    assert "| int8-qdq |" in out and "Average Precision" not in out  # the table, not 4 pycocotools summaries
 
 
 def test_a_variant_that_breaks_accuracy_is_refused(val_set: Path, tmp_path: Path,
@@ -77,8 +83,10 @@ def test_a_variant_that_breaks_accuracy_is_refused(val_set: Path, tmp_path: Path
         cv2.imwrite(str(black / f"{i}.png"), np.zeros((320, 320, 3), np.uint8))
     out = tmp_path / "conveyor.onnx"
     assert export(["--onnx", str(FP32), "--out", str(out), "--int8", "--calibration", str(black),
-                   "--val-data", str(val_set / "data.yaml"), "--val-split", "val", "--runs", "3"]) == 3
-    assert "REFUSED: int8-qdq" in capsys.readouterr().err
+                   "--val-data", str(val_set / "data.yaml"), "--val-split", "val", "--runs", "3", "--verbose"]) == 3
+    captured = capsys.readouterr()
+    assert "REFUSED: int8-qdq" in captured.err and "--calibration images" in captured.err
+    assert captured.out.count("Average Precision  (AP) @[ IoU=0.50      |") == 2  # --verbose: fp32 and int8-qdq
     assert not (tmp_path / "conveyor.int8.onnx").exists()
     assert (tmp_path / "conveyor.int8.rejected.onnx").is_file()
     assert "**REFUSED**" in (tmp_path / "conveyor.report.md").read_text()
@@ -124,3 +132,13 @@ def test_the_gate_does_not_judge_when_fp32_scores_zero(val_set: Path, tmp_path: 
     assert (tmp_path / "conveyor.fp16.onnx").is_file()  # not known to be broken: not renamed
     md = (tmp_path / "conveyor.report.md").read_text()
     assert "| yes |" not in md and "**unchecked**" in md and "CANNOT judge" in md
+
+
+def test_refusal_advice_fits_the_variant(tmp_path: Path) -> None:
+    def advice(name: str) -> str:
+        r = VariantReport(name, tmp_path / f"m.{name}.rejected.onnx", 1.0, 1.0, 1.0, map50=0.1, map50_drop=0.4)
+        return refusal(r, 0.02).split("Do not deploy it: ")[1]
+
+    dynamic = advice("int8-dynamic")
+    assert "calibration images" not in dynamic and "--int8 (static QDQ" in dynamic and "--fp16" in dynamic
+    assert "--calibration images" in advice("int8-qdq") and "--keep-float" in advice("int8-qdq")

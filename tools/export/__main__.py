@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="largest mAP@0.5 loss against FP32 a variant may have (absolute, default 0.02)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the latency column")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per variant")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print tools.evaluate's pycocotools summary for every variant")
     args = parser.parse_args(argv)
 
     problem = input_error(args)
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.out}: float32, {args.out.stat().st_size / 1e6:.2f} MB")
 
     variants = [("fp32", args.out)]
+    kept: dict[str, list[str]] = {}  # variant -> nodes it keeps in float
     stem = _stem(args.out)
     if args.prune is not None:
         from tools.export.prune import compressed_mb, onnx_sparsity
@@ -236,18 +239,19 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_model(str(args.out), labels=args.labels)  # the daemon's own view: input size, pre-processing
         path = args.out.with_name(stem + ".int8.onnx")
         try:
-            quantize_int8(args.out, path, args.calibration, loaded.input_hw, loaded.adapter.preprocess,
-                          count=args.calibration_count,
-                          head_prefixes=tuple(args.keep_float) if args.keep_float else None)
+            _, kept["int8-qdq"] = quantize_int8(args.out, path, args.calibration, loaded.input_hw,
+                                                loaded.adapter.preprocess, count=args.calibration_count,
+                                                head_prefixes=tuple(args.keep_float) if args.keep_float else None)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         variants.append(("int8-qdq", path))
-        print(f"{path}: int8 QDQ (head in float), {path.stat().st_size / 1e6:.2f} MB")
+        print(f"{path}: int8 QDQ, {len(kept['int8-qdq'])} nodes kept in float, {path.stat().st_size / 1e6:.2f} MB")
 
     if len(variants) == 1 and args.val_data is None:
         return 0
-    from tools.export.variants import MIN_FP32_MAP50, gate, measure, table, unjudgeable
+    from tools.export.variants import (MIN_FP32_MAP50, gate, kept_float_line, measure, refusal, table,
+                                        unjudgeable)
 
     if args.val_data is None:
         print("WARNING: no --val-data given: the variants' accuracy was NOT checked against FP32. Evaluate them "
@@ -255,12 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as work:
             reports = [measure(name, path, args.val_data, args.val_split, args.labels, args.threads, args.runs,
-                               Path(work)) for name, path in variants]
+                               Path(work), args.verbose) for name, path in variants]
     except (DatasetError, ModelError, RuntimeError, ValueError) as exc:
         print(f"error: a variant cannot be measured, so none is shipped: {exc}", file=sys.stderr)
         return 1
+    for r in reports:
+        r.kept_float = kept.get(r.name, [])
     rejected = gate(reports, args.max_map50_drop)
     text = table(reports, args.threads)
+    text += "".join(f"\n{line}\n" for r in reports if (line := kept_float_line(r)))
     val = f"{args.val_data}{' split ' + args.val_split if args.val_split else ''}"
     warning = ""
     if unjudgeable(reports):
@@ -280,10 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     if rejected:
         for r in rejected:
-            print(f"REFUSED: {r.name} variant loses {r.map50_drop:.4f} mAP@0.5 against FP32 (tolerance "
-                  f"{args.max_map50_drop}); moved to {r.path}. Do not deploy it: try more or more representative "
-                  "--calibration images, keep more layers in float (--keep-float), or use another variant.",
-                  file=sys.stderr)
+            print(refusal(r, args.max_map50_drop), file=sys.stderr)
         return 3
     return 0
 

@@ -77,7 +77,9 @@ def calibration_images(folder: Path) -> list[Path]:
 
 
 def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, int], spec: PreprocessSpec,
-                  count: int = 200, seed: int = 0, head_prefixes: tuple[str, ...] | None = None) -> Path:
+                  count: int = 200, seed: int = 0,
+                  head_prefixes: tuple[str, ...] | None = None) -> tuple[Path, list[str]]:
+    """Write the static INT8 QDQ model to ``out``; return it and the names of the nodes kept in float."""
     images = calibration_images(calibration_dir)
     if not images:
         raise ValueError(f"no calibration images (.jpg/.png) in {calibration_dir}")
@@ -101,4 +103,4 @@ def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, i
     prepared.unlink(missing_ok=True)
     # quantize_static drops custom metadata: carry it over from the float model
     stamp(out, {**read_metadata(fp32), "streamd_precision": "int8-qdq"})
-    return out
+    return out, excluded

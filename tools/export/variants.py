@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+import contextlib
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -65,10 +67,13 @@ class VariantReport:
     accepted: bool = True
     #: shipped (within tolerance, or not evaluated), refused (renamed *.rejected.onnx), or unchecked (FP32 ~0)
     status: str = "shipped"
+    #: int8-qdq: the nodes left in float (the detection head and what else quantize_int8 chose)
+    kept_float: list[str] = field(default_factory=list)
 
 
 def measure(name: str, path: Path, data: Path | None, split: str | None, labels: str | None, threads: int,
-            runs: int, work: Path) -> VariantReport:
+            runs: int, work: Path, verbose: bool = False) -> VariantReport:
+    """Size, latency and (with ``data``) mAP of one variant; tools.evaluate's pycocotools summary only if ``verbose``."""
     from tools.bench_models.__main__ import bench_one
 
     images = None
@@ -91,7 +96,10 @@ def measure(name: str, path: Path, data: Path | None, split: str | None, labels:
             args += ["--split", split]
         if labels:
             args += ["--labels", labels]
-        if evaluate(args) != 0:
+        quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+        with quiet:
+            status = evaluate(args)
+        if status != 0:
             raise RuntimeError(f"evaluating {path} failed (see above)")
         summary = json.loads((out / "summary.json").read_text())
         report.map50, report.map = summary["mAP50"], summary["mAP50-95"]
@@ -127,6 +135,30 @@ def gate(reports: list[VariantReport], tolerance: float) -> list[VariantReport]:
         for r in reports:
             r.accepted, r.status = False, "unchecked"
     return rejected
+
+
+ADVICE = {
+    "int8-dynamic": "dynamic INT8 takes no calibration and cannot keep layers in float: use --int8 (static QDQ, "
+                    "calibrated, head in float) or --fp16 instead",
+    "int8-qdq": "try more or more representative --calibration images (training images), keep more layers in "
+                "float (--keep-float PREFIX), or use --fp16",
+    "fp16": "the model overflows or underflows in float16: deploy FP32, or try --int8",
+    "fp32-pruned": "prune less (a smaller --prune fraction) or fine-tune after pruning",
+}
+
+
+def refusal(r: VariantReport, tolerance: float) -> str:
+    """The line that says a variant was refused, where it went, and what to try instead (advice per variant)."""
+    return (f"REFUSED: {r.name} variant loses {r.map50_drop:.4f} mAP@0.5 against FP32 (tolerance {tolerance}); "
+            f"moved to {r.path}. Do not deploy it: {ADVICE.get(r.name, 'use another variant')}.")
+
+
+def kept_float_line(r: VariantReport, shown: int = 6) -> str:
+    """'int8-qdq keeps N nodes in float: a, b, ... (+M more)', or '' when the variant keeps none."""
+    if not r.kept_float:
+        return ""
+    more = f" (+{len(r.kept_float) - shown} more, all in the report's JSON)" if len(r.kept_float) > shown else ""
+    return f"{r.name} keeps {len(r.kept_float)} nodes in float: {', '.join(r.kept_float[:shown])}{more}"
 
 
 def table(reports: list[VariantReport], threads: int) -> str:
