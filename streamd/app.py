@@ -18,7 +18,7 @@ import zmq
 
 from streamd.config.diff import ConfigDiff, diff_configs
 from streamd.config.loader import LoadedConfig, load_config
-from streamd.config.models import DaemonConfig, PipelineConfig, StreamConfig
+from streamd.config.models import DaemonConfig, LineConfig, PipelineConfig, StreamConfig, ZoneConfig
 from streamd.analytics.store import CountStore
 from streamd.api import snapshot as snapshots
 from streamd.errors import ConfigError, ModelError, RingError
@@ -51,7 +51,8 @@ def resolve_pipeline(name: str, pipeline: PipelineConfig) -> ResolvedPipeline:
                        preprocess=pipeline.preprocess.model_dump(exclude_none=True) or None)
     names = model.names
     index = class_index(names)
-    wanted = list(pipeline.classes or []) + [c for area in [*pipeline.lines, *pipeline.zones] for c in (area.classes or [])]
+    areas: list[LineConfig | ZoneConfig] = [*pipeline.lines, *pipeline.zones]
+    wanted = list(pipeline.classes or []) + [c for area in areas for c in (area.classes or [])]
     unknown = sorted({c for c in wanted if c not in index})
     if unknown:
         raise ModelError(

@@ -63,6 +63,8 @@ def _cmd_counts(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     now = datetime.now(timezone.utc)
+    start: datetime | None
+    end: datetime | None
     schedule = ShiftSchedule.parse(counts_cfg.shifts, counts_cfg.timezone)
     if args.window == "shift":
         start, end = schedule.window(now)

@@ -21,6 +21,11 @@ from streamd.runtime.histogram import Histogram
 from streamd.runtime.stage import EXIT_OK, Stage
 
 
+def _column(values: np.ndarray | None, size: int) -> np.ndarray:
+    """A per-detection column of supervision's Detections; its optional columns may be None."""
+    return values if values is not None else np.full(size, -1)
+
+
 class AnalyticsStage(Stage):
     """params: pipelines ({name: PipelineConfig}), class_names ({pipeline name: [names]}), store (path),
     sources ({stream: source key}), run_id."""
@@ -154,7 +159,9 @@ class AnalyticsStage(Stage):
         tracks = [
             Track(track_id=int(tid), class_id=int(cid), class_name=analytics.class_name(int(cid)),
                   confidence=round(float(conf), 4), xyxy=tuple(round(float(v), 1) for v in box))  # type: ignore[arg-type]
-            for tid, cid, conf, box in zip(tracked.tracker_id, tracked.class_id, tracked.confidence, tracked.xyxy)
+            for tid, cid, conf, box in zip(_column(tracked.tracker_id, len(tracked)),
+                                           _column(tracked.class_id, len(tracked)),
+                                           _column(tracked.confidence, len(tracked)), tracked.xyxy)
             if tid >= 0
         ]
         tracked_frame = encoder.encode(TrackedFrame(

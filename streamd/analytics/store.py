@@ -159,7 +159,8 @@ class CountStore:
 def _window(ts_column: str, stream: str | None, since: float | None,
             until: float | None) -> tuple[str, list[object]]:
     """WHERE clause (column names are ours, values are parameters) for a stream and a [since, until) window."""
-    clauses, args = ["1=1"], []
+    clauses: list[str] = ["1=1"]
+    args: list[object] = []
     for clause, value in (("stream=?", stream), (f"{ts_column}>=?", since), (f"{ts_column}<?", until)):
         if value is not None:
             clauses.append(clause)
@@ -184,7 +185,7 @@ class ShiftSchedule:
     def window(self, at: datetime) -> tuple[datetime, datetime]:
         """[start, end) of the shift that contains ``at`` (an aware datetime)."""
         local = at.astimezone(self.timezone)
-        candidates = []
+        candidates: list[datetime] = []
         for day in (local.date() - timedelta(days=1), local.date(), local.date() + timedelta(days=1)):
             candidates.extend(datetime.combine(day, t, self.timezone) for t in self.starts)
         candidates.sort()

@@ -213,7 +213,9 @@ class ApiServer:
     def __init__(self, app: Starlette, config: ApiConfig):
         self._server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                                      access_log=False, lifespan="off"))
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the supervisor owns signals
+        # The supervisor owns signals: uvicorn installs none outside the main thread, and older versions that
+        # would are given a no-op.
+        setattr(self._server, "install_signal_handlers", lambda: None)
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
         self.host = config.host
         self.port = config.port

@@ -24,7 +24,7 @@ from streamd.infer.preprocess import PreprocessSpec
 log = structlog.get_logger()
 DEFAULT_INPUT = (640, 640)
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+INPUT_DTYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def create_session(path: str, providers: list[str], intra_op_threads: int = 0,
@@ -213,7 +213,7 @@ class LoadedModel:
         return list(self.session.get_providers())
 
     @property
-    def input_dtype(self) -> type[np.floating]:
+    def input_dtype(self) -> type[np.floating[Any]]:
         """float32, or float16 for FP16 models exported with half inputs."""
         return INPUT_DTYPES[self.info.input_type]
 

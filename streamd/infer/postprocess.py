@@ -69,10 +69,10 @@ def nms(xyxy: np.ndarray, confidence: np.ndarray, class_id: np.ndarray, iou: flo
     xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1).astype(np.float64)
     floor = 0.0  # OpenCV re-applies a score threshold (score > floor); the caller already applied its own
     if class_agnostic:
-        idx = cv2.dnn.NMSBoxes(xywh.tolist(), confidence.tolist(), floor, iou)
+        kept = cv2.dnn.NMSBoxes(xywh.tolist(), confidence.tolist(), floor, iou)
     else:
-        idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), confidence.tolist(), class_id.tolist(), floor, iou)
-    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), confidence.tolist(), class_id.tolist(), floor, iou)
+    idx = np.asarray(kept, dtype=np.int64).reshape(-1)
     return idx[np.argsort(-confidence[idx], kind="stable")]
 
 

@@ -61,7 +61,8 @@ class PreprocessSpec:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown preprocessing fields {unknown}; known: {sorted(known)}")
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()
+                                  if v is not None}
         return replace(self, **values)
 
 

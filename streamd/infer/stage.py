@@ -88,7 +88,7 @@ class InferenceStage(Stage):
         while True:
             stopping = self.stop.is_set()
             wait = self.batcher.seconds_until_due(time.monotonic())
-            timeout_ms = 0 if stopping else (500 if wait is None else wait * 1000)
+            timeout_ms = 0 if stopping else (500 if wait is None else int(wait * 1000))
             if poller.poll(timeout_ms):
                 self._drain_inbox()
             now = time.monotonic()
@@ -160,7 +160,9 @@ class InferenceStage(Stage):
 
     def _run_batch(self, batch: list[BatchItem]) -> None:
         t_batched = time.monotonic_ns()
-        metas, transforms, items = [], [], []
+        metas: list[Any] = []
+        transforms: list[Any] = []
+        items: list[BatchItem] = []
         for item in batch:
             state = self.streams[item.stream]
             found = state.ring.read(item.seq)

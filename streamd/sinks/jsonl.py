@@ -9,6 +9,7 @@ single line longer than ``max_bytes`` gets a file of its own.
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 from pathlib import Path
 
 import structlog
@@ -27,7 +28,7 @@ class JsonlSink:
         self.written = 0
         self.rotations = 0
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> BinaryIO:
         return open(self.path, "ab", buffering=1 << 16)
 
     def write(self, message: SinkMessage, payload_json: bytes) -> None:

@@ -146,9 +146,8 @@ class ConveyorScene:
     def _belt_texture(self) -> np.ndarray:
         c = self.config
         period = 256
-        texture = self.rng.normal(70, 10, (c.belt_bottom - c.belt_top, period)).astype(np.float32)
-        texture = cv2.GaussianBlur(texture, (0, 0), 1.5)
-        return np.clip(texture, 0, 255).astype(np.uint8)
+        noise = self.rng.normal(70, 10, (c.belt_bottom - c.belt_top, period)).astype(np.float32)
+        return np.clip(cv2.GaussianBlur(noise, (0, 0), 1.5), 0, 255).astype(np.uint8)
 
     def _belt_marks(self) -> list[tuple[float, int, int]]:
         """Dark stains on the belt (x on the texture loop, y, radius): they move with the belt."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class ModelInfo:
         return None
 
 
-def static(dim: int | None) -> bool:
+def static(dim: int | None) -> TypeGuard[int]:
     return isinstance(dim, int) and dim > 0
 
 

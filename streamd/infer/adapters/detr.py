@@ -51,7 +51,7 @@ class RfdetrAdapter(Adapter):
     @classmethod
     def classes_in(cls, info: ModelInfo) -> int | None:
         found = cls._indices(info)
-        return info.output_shapes[found[1]][2] if found else None  # type: ignore[return-value]
+        return info.output_shapes[found[1]][2] if found else None
 
     def __init__(self, input_hw: tuple[int, int], num_classes: int, preprocess: PreprocessSpec | None = None,
                  outputs: tuple[int, int] = (0, 1)):

@@ -28,12 +28,12 @@ class FastestDetAdapter(Adapter):
             return False
         _, channels, gh, gw = info.output_shapes[0]
         h, w = input_hw
-        return static(channels) and channels > 5 and gh == h // STRIDE and gw == w // STRIDE  # type: ignore[operator]
+        return static(channels) and channels > 5 and gh == h // STRIDE and gw == w // STRIDE
 
     @classmethod
     def classes_in(cls, info: ModelInfo) -> int | None:
         channels = info.output_shapes[0][1]
-        return channels - 5 if static(channels) else None  # type: ignore[operator]
+        return channels - 5 if static(channels) else None
 
     def decode(self, outputs: list[np.ndarray], index: int, min_confidence: float) -> Candidates:
         raw = outputs[0][index]  # [5 + nc, gh, gw]

@@ -37,16 +37,16 @@ class UltralyticsAdapter(Adapter):
         if info.metadata.get("task", "detect") != "detect":
             return False
         if "names" in info.metadata and static(channels):
-            return channels > 4 and (not static(anchors) or anchors > channels)  # type: ignore[operator]
+            return channels > 4 and (not static(anchors) or anchors > channels)
         # Without metadata: channels-first with at least as many anchors as channels (equal counts also fit
         # YOLOX, and are then reported as ambiguous).
         return static(channels) and static(anchors) and 4 < channels <= anchors and \
-            anchors == _anchor_count(input_hw)  # type: ignore[operator]
+            anchors == _anchor_count(input_hw)
 
     @classmethod
     def classes_in(cls, info: ModelInfo) -> int | None:
         channels = info.output_shapes[0][1]
-        return channels - 4 if static(channels) else None  # type: ignore[operator]
+        return channels - 4 if static(channels) else None
 
     def decode(self, outputs: list[np.ndarray], index: int, min_confidence: float) -> Candidates:
         raw = outputs[0][index]  # [4 + nc, N]
@@ -89,14 +89,14 @@ class RtdetrAdapter(Adapter):
         if info.ultralytics:
             return info.metadata.get("head") == "RTDETRDecoder"
         last = info.output_shapes[0][2]
-        return static(last) and last >= 6 and info.output_shapes[0][1] in (300, None)  # type: ignore[operator]
+        return static(last) and last >= 6 and info.output_shapes[0][1] in (300, None)
 
     @classmethod
     def classes_in(cls, info: ModelInfo) -> int | None:
         last = info.output_shapes[0][2]
         named = info.metadata_names()
         if static(last) and last != 6:
-            return last - 4  # type: ignore[operator]
+            return last - 4
         return named
 
     def decode(self, outputs: list[np.ndarray], index: int, min_confidence: float) -> Candidates:

@@ -35,12 +35,12 @@ class YoloxAdapter(Adapter):
         rows, channels = info.output_shapes[0][1], info.output_shapes[0][2]
         h, w = input_hw
         expected = sum((h // s) * (w // s) for s in STRIDES)
-        return static(channels) and channels > 5 and rows == expected  # type: ignore[operator]
+        return static(channels) and channels > 5 and rows == expected
 
     @classmethod
     def classes_in(cls, info: ModelInfo) -> int | None:
         channels = info.output_shapes[0][2]
-        return channels - 5 if static(channels) else None  # type: ignore[operator]
+        return channels - 5 if static(channels) else None
 
     def decode(self, outputs: list[np.ndarray], index: int, min_confidence: float) -> Candidates:
         raw = outputs[0][index]  # [N, 5 + nc]
