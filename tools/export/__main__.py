@@ -17,7 +17,8 @@ from --onnx: a copy. Variants beside it:
                                      magnitude pruning; --weights only): same speed on dense runtimes,
                                      compresses by about F
   --int8          OUT.int8.onnx      static INT8 QDQ calibrated on --calibration images, the detection
-                                     head left in float (found automatically, or --keep-float PREFIX)
+                                     head and the input stem left in float (found automatically,
+                                     or --keep-float PREFIX)
 With --val-data every variant is evaluated (tools.evaluate) and timed against FP32; a report goes to
 OUT.report.md/.json. A variant whose mAP@0.5 drops more than --max-map50-drop below FP32's is renamed
 *.rejected.onnx and the command exits 3: a broken variant is never shipped silently.
@@ -174,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
                         "(0-1, needs --weights)")
     parser.add_argument("--calibration", type=Path, help="folder of calibration images (for --int8)")
     parser.add_argument("--calibration-count", type=int, default=200)
+    parser.add_argument("--calibration-method", choices=("percentile", "minmax", "entropy"), default="percentile",
+                        help="how --int8 sets activation ranges from the calibration images (default: the "
+                        "99.999th percentile, which ignores rare outliers)")
     parser.add_argument("--keep-float", action="append", help="node-name prefix kept in float by --int8 "
-                        "(repeatable; default: the detection head, found automatically)")
+                        "(repeatable; replaces the default: the detection head and the input stem up to the third "
+                        "convolution, found automatically)")
     parser.add_argument("--val-data", type=Path, help="labelled YOLO folder/data.yaml to evaluate every variant on")
     parser.add_argument("--val-split", help="split of --val-data (e.g. val)")
     parser.add_argument("--labels", help="class names file for models without names metadata")
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _, kept["int8-qdq"] = quantize_int8(args.out, path, args.calibration, loaded.input_hw,
                                                 loaded.adapter.preprocess, count=args.calibration_count,
-                                                head_prefixes=tuple(args.keep_float) if args.keep_float else None)
+                                                head_prefixes=tuple(args.keep_float) if args.keep_float else None,
+                                                method=args.calibration_method)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

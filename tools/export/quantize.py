@@ -1,15 +1,26 @@
-"""Static INT8 (QDQ) quantization with ONNX Runtime, calibrated on dataset images, head kept in float."""
+"""Static INT8 (QDQ) quantization with ONNX Runtime, calibrated on dataset images, head and stem kept in float.
+
+What stays float, and why (measured on YOLOX-Nano, coco128, 60 calibration images; FP32 mAP@0.5 0.508):
+the detection head alone (0.218 with MinMax ranges) is not enough for depthwise-separable backbones,
+whose first layers carry channels with ranges 300x apart, so one per-tensor 8-bit step wipes the small
+ones out. Keeping the input stem (up to the third convolution) float as well, and calibrating ranges on
+the 99.999th percentile instead of the extremes, gives 0.504; the ultralytics conveyor model is unchanged.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 import re
+from collections import deque
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
@@ -71,14 +82,48 @@ def head_nodes(model: onnx.ModelProto, head_prefixes: tuple[str, ...] | None = N
     return [n.name for n in model.graph.node if n.name in found and n.name]
 
 
+CALIBRATION_METHODS = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
+                       "entropy": CalibrationMethod.Entropy}
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+STEM_CONVS = 3
+
+
+def stem_nodes(model: onnx.ModelProto, convs: int = STEM_CONVS) -> list[str]:
+    """The input stem: every node reached from the graph input through fewer than ``convs`` linear layers
+    (convolution, Gemm, MatMul), and the ``convs``-th such layers themselves (not what follows them)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    depth: dict[str, int] = {}
+    queue = deque((node, 0) for i in model.graph.input for node in consumers.get(i.name, []))
+    while queue:
+        node, seen = queue.popleft()
+        if depth.get(node.name, convs) <= seen:
+            continue
+        depth[node.name] = seen
+        after = seen + (node.op_type in LINEAR_OPS)
+        if after < convs:
+            queue.extend((c, after) for out in node.output for c in consumers.get(out, []))
+    return [n.name for n in model.graph.node if n.name in depth]
+
+
+def float_nodes(model: onnx.ModelProto, head_prefixes: tuple[str, ...] | None = None) -> list[str]:
+    """What static INT8 leaves in float: the nodes under ``head_prefixes`` if given, else head and stem."""
+    if head_prefixes:
+        return head_nodes(model, head_prefixes)
+    chosen = set(head_nodes(model)) | set(stem_nodes(model))
+    return [n.name for n in model.graph.node if n.name in chosen]
+
+
 def calibration_images(folder: Path) -> list[Path]:
     """The .jpg/.png files directly in ``folder``, sorted."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
 def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, int], spec: PreprocessSpec,
-                  count: int = 200, seed: int = 0,
-                  head_prefixes: tuple[str, ...] | None = None) -> tuple[Path, list[str]]:
+                  count: int = 200, seed: int = 0, head_prefixes: tuple[str, ...] | None = None,
+                  method: str = "percentile") -> tuple[Path, list[str]]:
     """Write the static INT8 QDQ model to ``out``; return it and the names of the nodes kept in float."""
     images = calibration_images(calibration_dir)
     if not images:
@@ -93,13 +138,15 @@ def quantize_int8(fp32: Path, out: Path, calibration_dir: Path, hw: tuple[int, i
 
         model = version_converter.convert_version(model, 13)
         onnx.save(model, str(prepared))
-    excluded = head_nodes(model, head_prefixes)
+    excluded = float_nodes(model, head_prefixes)
     if not excluded:
         raise ValueError(f"no head nodes found ({head_prefixes or 'automatic'}): cannot keep the detection head in "
                          "float; give --keep-float PREFIX with the head's node-name prefix")
     reader = ImageReader(images[:count], model.graph.input[0].name, hw, spec)
-    quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its histogram bookkeeping
+        quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                        calibrate_method=CALIBRATION_METHODS[method])
     prepared.unlink(missing_ok=True)
     # quantize_static drops custom metadata: carry it over from the float model
     stamp(out, {**read_metadata(fp32), "streamd_precision": "int8-qdq"})

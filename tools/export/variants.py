@@ -11,11 +11,11 @@ do not match the dataset's are the usual causes).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import tempfile
-import contextlib
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,15 +40,22 @@ def convert_fp16(fp32: Path, out: Path) -> Path:
 
 def quantize_dynamic_int8(fp32: Path, out: Path) -> Path:
     """INT8 weights, activations quantised at run time (no calibration images; usually slower than
-    static QDQ for convolution networks on CPU, but a quick first size reduction)."""
+    static QDQ for convolution networks on CPU, but a quick first size reduction).
+
+    The input stem and the detection head stay float as for static INT8 (quantize.float_nodes): on
+    YOLOX-Nano quantizing the stem alone takes mAP@0.5 from 0.508 to 0.017; kept float, 0.443.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from tools.export.quantize import float_nodes
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prep.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        keep = float_nodes(onnx.load(str(prepared)))
         # ORT's CPU ConvInteger kernel takes unsigned 8-bit weights
-        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8)
+        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QUInt8, nodes_to_exclude=keep)
     stamp(out, {**read_metadata(fp32), "streamd_precision": "int8-dynamic"})
     return out
 
