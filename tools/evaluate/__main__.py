@@ -55,8 +55,9 @@ def class_mapping(model_names: list[str], data_names: list[str], by: str) -> tup
     by_index = sum(_key(m) == _key(d) for m, d in zip(model_names, data_names))
     if by == "auto":
         by = "name" if by_name > by_index else "index"
-        notes.append(f"classes matched by {by} ({by_name} of the dataset's {len(data_names)} names are model class "
-                     f"names, {by_index} at the same index); --class-map index|name overrides")
+        if by_index < min(len(model_names), len(data_names)):  # not every name sits at its index: say which rule
+            notes.append(f"classes matched by {by} ({by_name} of the dataset's {len(data_names)} names are "
+                         f"model class names, {by_index} at the same index); --class-map index|name overrides")
     if by_name == 0:
         notes.append(f"WARNING: no dataset class name is a model class name (model: {', '.join(model_names[:5])}"
                      f"{' ...' if len(model_names) > 5 else ''}; dataset: {', '.join(data_names[:5])}"
