@@ -148,12 +148,13 @@ def select_adapter(info: ModelInfo, requested: str, hw: tuple[int, int]) -> type
     if not found:
         raise ModelError(
             f"model {info.path}: no adapter reads outputs {shapes} at input {hw[0]}x{hw[1]}; "
-            f"set `adapter:` in the pipeline to one of {', '.join(ADAPTERS)} (or check input_size)"
+            f"set `adapter:` in the pipeline (--adapter on the command line) to one of {', '.join(ADAPTERS)} "
+            f"(or check input_size)"
         )
     listed = "; ".join(f"{a.name} ({a.description})" for a in found)
     raise ModelError(
         f"model {info.path}: outputs {shapes} fit several adapters: {listed}; "
-        f"set `adapter:` in the pipeline to the one that exported it"
+        f"set `adapter:` in the pipeline (--adapter on the command line) to the one that exported it"
     )
 
 
