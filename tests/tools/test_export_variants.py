@@ -16,7 +16,7 @@ from streamd.infer.model import load_model
 from tests.conftest import REPO
 from tests.tools import needs
 from tools.export.__main__ import main as export
-from tools.export.quantize import head_nodes, stem_nodes
+from tools.export.quantize import depthwise_nodes, dynamic_float_nodes, float_nodes, head_nodes, stem_nodes
 from tools.export.variants import VariantReport, refusal
 from tools.synth.dataset import write_dataset
 
@@ -113,6 +113,19 @@ def test_the_input_stem_is_found(media: Path) -> None:
     conveyor = stem_nodes(onnx.load(str(FP32)))
     assert [n for n in conveyor if n.endswith("/conv/Conv")] == [f"/model.{i}/conv/Conv" for i in range(2)] + \
         ["/model.2/cv1/conv/Conv"]
+
+
+def test_dynamic_int8_keeps_what_one_weight_scale_cannot_hold_in_float(media: Path) -> None:
+    """YOLOX-Nano: every depthwise convolution and the pointwise one whose channels' weight ranges are ~20x apart
+    (Conv_56) stay float besides head and stem; the conveyor model has neither, so its set is head and stem only."""
+    yolox = onnx.load(str(media / "models" / "yolox-nano" / "yolox_nano.onnx"))
+    kept = set(dynamic_float_nodes(yolox))
+    depthwise = depthwise_nodes(yolox)
+    assert len(depthwise) == 30 and set(depthwise) <= kept and set(float_nodes(yolox)) <= kept
+    assert "Conv_56" in kept and "Conv_73" not in kept  # 56% of its channels under 8 levels; Conv_73 none
+    assert sum(1 for n in yolox.graph.node if n.op_type == "Conv" and n.name not in kept) >= 60  # most still INT8
+    conveyor = onnx.load(str(FP32))
+    assert depthwise_nodes(conveyor) == [] and dynamic_float_nodes(conveyor) == float_nodes(conveyor)
 
 
 def test_int8_keeps_yolox_accurate(media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
