@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import REPO, require
 
+pytestmark = pytest.mark.timeout(600)  # a cold mypy cache takes a while
+
 
 def test_streamd_type_checks_clean() -> None:
     probe = subprocess.run([sys.executable, "-m", "mypy", "--version"], capture_output=True, text=True)
@@ -18,5 +20,3 @@ def test_streamd_type_checks_clean() -> None:
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
-
-pytestmark = pytest.mark.timeout(600)

@@ -109,12 +109,16 @@ def stem_nodes(model: onnx.ModelProto, convs: int = STEM_CONVS) -> list[str]:
     return [n.name for n in model.graph.node if n.name in depth]
 
 
+def in_graph_order(model: onnx.ModelProto, chosen: set[str]) -> list[str]:
+    """The chosen node names in the graph's order (stable reports and exclusion lists)."""
+    return [n.name for n in model.graph.node if n.name in chosen]
+
+
 def float_nodes(model: onnx.ModelProto, head_prefixes: tuple[str, ...] | None = None) -> list[str]:
     """What static INT8 leaves in float: the nodes under ``head_prefixes`` if given, else head and stem."""
     if head_prefixes:
         return head_nodes(model, head_prefixes)
-    chosen = set(head_nodes(model)) | set(stem_nodes(model))
-    return [n.name for n in model.graph.node if n.name in chosen]
+    return in_graph_order(model, set(head_nodes(model)) | set(stem_nodes(model)))
 
 
 #: a convolution whose per-tensor INT8 weight scale leaves at least this share of its output channels ...
@@ -156,7 +160,7 @@ def dynamic_float_nodes(model: onnx.ModelProto) -> list[str]:
     The ultralytics conveyor model has neither kind and is unchanged.
     """
     chosen = set(float_nodes(model)) | set(depthwise_nodes(model)) | set(coarse_weight_nodes(model))
-    return [n.name for n in model.graph.node if n.name in chosen]
+    return in_graph_order(model, chosen)
 
 
 def calibration_images(folder: Path) -> list[Path]:
