@@ -6,10 +6,16 @@ copies pixels and metadata, then stamps ``seq_end`` and advances ``write_seq``. 
 slot confirms afterwards that ``seq_begin`` still holds its seq; otherwise the slot was overwritten
 under it. ``released_seq`` is written by the consumer and gives the writer back-pressure when it must
 not drop frames. The supervisor creates and unlinks rings, so a crashed stage never leaks one.
+
+A ring's memory is reserved when it is created (free space checked, then ``posix_fallocate``): a full
+/dev/shm refuses the ring with a :class:`RingError` that says how to enlarge it, instead of killing the
+decoder with SIGBUS on a later frame write. The ring therefore uses ``ring_slots x max_width x max_height x 3``
+bytes of memory from the start, whatever size the frames have.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -21,6 +27,9 @@ import numpy as np
 from streamd.errors import RingError
 
 SHM_DIR = Path("/dev/shm")
+SHM_HINT = ("enlarge /dev/shm (Docker: `docker run --shm-size=1g` or compose `shm_size: 1gb`; Kubernetes: mount "
+            "an emptyDir with `medium: Memory` and a `sizeLimit` at /dev/shm) or lower the streams' ring_slots, "
+            "max_width or max_height")
 PREFIX = "streamd-"
 _MAGIC = 0x53545244  # "STRD"
 _VERSION = 1
@@ -62,6 +71,30 @@ class FrameMeta:
     width: int
 
 
+class FrameTooLarge(RingError):
+    """A frame does not fit the ring's slots: a restart cannot fix it, only a larger ring (config)."""
+
+    def __init__(self, message: str, width: int, height: int, max_width: int, max_height: int):
+        super().__init__(message)
+        self.width, self.height = width, height
+        self.max_width, self.max_height = max_width, max_height
+
+
+def ring_bytes(n_slots: int, max_width: int, max_height: int, channels: int = 3) -> int:
+    """Bytes of shared memory a ring of these dimensions takes (all of it reserved at creation)."""
+    return _RING_HEADER_BYTES + n_slots * (_SLOT_HEADER_BYTES + _aligned(max_width * max_height * channels))
+
+
+def shm_free_bytes(directory: Path = SHM_DIR) -> int:
+    """Bytes an unprivileged process may still allocate in ``directory`` (a tmpfs such as /dev/shm)."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def ring_name(owner_pid: int, stream: str, generation: int = 0) -> str:
     """Name of a stream's ring; a stream restarted by a reload gets the next generation, a new ring."""
     return f"{PREFIX}{owner_pid}-{stream}" + (f".{generation}" if generation else "")
@@ -96,15 +129,35 @@ class FrameRing:
         self._data_offsets = [_RING_HEADER_BYTES + i * stride + _SLOT_HEADER_BYTES for i in range(self.n_slots)]
 
     @classmethod
-    def create(cls, name: str, n_slots: int, max_width: int, max_height: int, channels: int = 3) -> FrameRing:
+    def create(cls, name: str, n_slots: int, max_width: int, max_height: int, channels: int = 3,
+               directory: Path = SHM_DIR) -> FrameRing:
+        """Create and map a new ring in ``directory`` (a tmpfs; /dev/shm unless a test says otherwise), with
+        all of its memory reserved; a RingError says what to do when there is not enough."""
         if n_slots < 3:
             raise RingError(f"ring {name}: needs at least 3 slots, got {n_slots}")
         stride = _SLOT_HEADER_BYTES + _aligned(max_width * max_height * channels)
-        size = _RING_HEADER_BYTES + n_slots * stride
-        path = SHM_DIR / name
+        size = ring_bytes(n_slots, max_width, max_height, channels)
+        try:
+            free = shm_free_bytes(directory)
+        except OSError as exc:
+            raise RingError(f"ring {name}: shared memory {directory} is not usable ({exc.strerror or exc}); "
+                            f"frame rings need a writable tmpfs at /dev/shm") from exc
+        if free < size:
+            raise RingError(cls._no_space(name, directory, size, free, n_slots, max_width, max_height, channels))
+        path = directory / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)  # sparse on tmpfs: pages are committed only when a frame touches them
+            os.ftruncate(fd, size)
+            try:
+                # Reserve every page now: on tmpfs a page first touched by a frame write when the filesystem
+                # is full raises SIGBUS in the writer, which no Python code can catch.
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+                    raise RingError(f"ring {name}: cannot reserve {_mib(size)} in {directory}: "
+                                    f"{exc.strerror or exc}") from exc
+                raise RingError(cls._no_space(name, directory, size, shm_free_bytes(directory), n_slots,
+                                              max_width, max_height, channels)) from exc
             header = np.zeros((), _RING_HEADER)
             header["magic"], header["version"], header["n_slots"] = _MAGIC, _VERSION, n_slots
             header["channels"], header["max_height"], header["max_width"] = channels, max_height, max_width
@@ -116,9 +169,16 @@ class FrameRing:
             raise
         return cls(name, fd, size)
 
+    @staticmethod
+    def _no_space(name: str, directory: Path, size: int, free: int, n_slots: int, max_width: int,
+                  max_height: int, channels: int) -> str:
+        return (f"ring {name}: not enough shared memory in {directory}: the ring needs {size} bytes "
+                f"({_mib(size)}: ring_slots {n_slots} x max_width {max_width} x max_height {max_height} x {channels}"
+                f" + headers), {free} bytes ({_mib(free)}) are free; {SHM_HINT}")
+
     @classmethod
-    def attach(cls, name: str) -> FrameRing:
-        path = SHM_DIR / name
+    def attach(cls, name: str, directory: Path = SHM_DIR) -> FrameRing:
+        path = directory / name
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
@@ -147,14 +207,20 @@ class FrameRing:
         """True when the next write overwrites no unreleased frame (one slot stays spare for late readers)."""
         return self.write_seq - self.released_seq < self.n_slots - 1
 
-    def write(self, frame: np.ndarray, frame_index: int, pts_s: float, wall_ts: float, t_decoded_ns: int) -> int:
-        """Copy ``frame`` (H x W x C uint8) into the next slot and publish it. Returns its seq."""
+    def check_fits(self, frame: np.ndarray) -> None:
+        """Raise FrameTooLarge unless ``frame`` (H x W x C) fits the ring's slots."""
         height, width = frame.shape[:2]
         if height > self.max_height or width > self.max_width or frame.ndim != 3 or frame.shape[2] != self.channels:
-            raise RingError(
+            raise FrameTooLarge(
                 f"ring {self.name}: frame {width}x{height}x{frame.shape[2] if frame.ndim == 3 else 1} does not fit "
-                f"slots of {self.max_width}x{self.max_height}x{self.channels}; raise the stream's max_width/max_height"
+                f"slots of {self.max_width}x{self.max_height}x{self.channels}; raise the stream's max_width/max_height",
+                width, height, self.max_width, self.max_height,
             )
+
+    def write(self, frame: np.ndarray, frame_index: int, pts_s: float, wall_ts: float, t_decoded_ns: int) -> int:
+        """Copy ``frame`` (H x W x C uint8) into the next slot and publish it. Returns its seq."""
+        self.check_fits(frame)
+        height, width = frame.shape[:2]
         seq = self.write_seq + 1
         index = seq % self.n_slots
         slot = self._slots[index]
@@ -207,9 +273,9 @@ class FrameRing:
             pass
 
 
-def unlink_ring(name: str) -> bool:
+def unlink_ring(name: str, directory: Path = SHM_DIR) -> bool:
     try:
-        (SHM_DIR / name).unlink()
+        (directory / name).unlink()
         return True
     except FileNotFoundError:
         return False

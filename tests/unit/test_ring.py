@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +15,17 @@ import numpy as np
 import pytest
 
 from streamd.errors import RingError
-from streamd.ipc.ring import SHM_DIR, FrameRing, remove_orphaned_rings, ring_generation, ring_name, unlink_ring
+from streamd.ipc import ring as ring_module
+from streamd.ipc.ring import (
+    SHM_DIR,
+    FrameRing,
+    FrameTooLarge,
+    remove_orphaned_rings,
+    ring_bytes,
+    ring_generation,
+    ring_name,
+    unlink_ring,
+)
 
 
 def _unique(tag: str = "t", pid: int | None = None) -> str:
@@ -148,6 +160,8 @@ def test_frame_too_large_raises_with_the_fix(make_ring, shape: tuple[int, ...]) 
     with pytest.raises(RingError, match="raise the stream's max_width/max_height") as info:
         ring.write(np.zeros(shape, np.uint8), 0, 0.0, 0.0, 0)
     assert ring.name in str(info.value) and "16x8x3" in str(info.value)
+    assert isinstance(info.value, FrameTooLarge)  # the decoder fails the stream on this type, no restart
+    assert (info.value.max_width, info.value.max_height) == (16, 8)
     assert ring.write_seq == 0  # nothing published
 
 
@@ -175,6 +189,106 @@ def test_create_refuses_too_few_slots_and_existing_names(make_ring) -> None:
     with pytest.raises((FileExistsError, RingError)):  # never silently reuse another ring
         FrameRing.create(ring.name, 3, 16, 8)
     assert ring.n_slots == 4
+
+
+# --- shared memory too small (issue 19 item 10) -----------------------------------------------------
+
+
+class _FakeStatvfs:
+    def __init__(self, free: int):
+        self.f_bavail, self.f_frsize = free // 4096, 4096
+
+
+def test_create_refuses_a_ring_larger_than_the_free_shared_memory(monkeypatch) -> None:
+    size = ring_bytes(8, 1920, 1080)
+    free = size // 3 // 4096 * 4096
+    seen: list[object] = []
+
+    def statvfs(path: object) -> _FakeStatvfs:
+        seen.append(path)
+        return _FakeStatvfs(free)
+
+    monkeypatch.setattr(ring_module.os, "statvfs", statvfs)
+    name = _unique("full")
+    with pytest.raises(RingError) as info:
+        FrameRing.create(name, 8, 1920, 1080)
+    message = str(info.value)
+    assert seen == [SHM_DIR]
+    assert "/dev/shm" in message and name in message
+    assert f"needs {size} bytes" in message and f"{free} bytes" in message
+    for fix in ("--shm-size", "shm_size", "emptyDir", "medium: Memory", "ring_slots", "max_width", "max_height"):
+        assert fix in message, fix
+    assert not (SHM_DIR / name).exists()
+
+
+def test_ring_bytes_is_what_create_maps(make_ring) -> None:
+    ring = make_ring(n_slots=5, max_width=33, max_height=7)
+    assert (SHM_DIR / ring.name).stat().st_size == ring_bytes(5, 33, 7)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs standing in for a small /dev/shm (a Docker container's default is 64 MiB)."""
+    mount = tmp_path / "shm"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the statvfs test covers the check")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_create_reserves_the_whole_ring_and_refuses_the_next_one(small_tmpfs: Path) -> None:
+    first = FrameRing.create("streamd-1-a", 5, 640, 480, directory=small_tmpfs)  # 4.4 MiB of 8
+    try:
+        size = ring_bytes(5, 640, 480)
+        assert os.stat(small_tmpfs / first.name).st_blocks * 512 >= size  # allocated, not sparse
+        with pytest.raises(RingError, match=rf"not enough shared memory in {small_tmpfs}.*--shm-size"):
+            FrameRing.create("streamd-1-b", 5, 640, 480, directory=small_tmpfs)
+        assert sorted(p.name for p in small_tmpfs.iterdir()) == ["streamd-1-a"]
+    finally:
+        first.close()
+        unlink_ring(first.name, small_tmpfs)
+
+
+def test_reservation_failure_is_a_ring_error_and_leaves_nothing(small_tmpfs: Path, monkeypatch) -> None:
+    # statvfs can be stale (another process allocating at the same time): posix_fallocate is the real test.
+    monkeypatch.setattr(ring_module.os, "statvfs", lambda path: _FakeStatvfs(1 << 40))
+    with pytest.raises(RingError, match=r"not enough shared memory .* needs \d+ bytes"):
+        FrameRing.create("streamd-1-big", 8, 1280, 720, directory=small_tmpfs)  # 22 MiB
+    assert list(small_tmpfs.iterdir()) == []
+
+
+_FILL_AND_WRITE = """
+import sys
+from pathlib import Path
+import numpy as np
+from streamd.ipc.ring import FrameRing
+directory = Path(sys.argv[1])
+ring = FrameRing.create("streamd-1-w", 6, 640, 480, directory=directory)
+try:  # another process fills the rest of the tmpfs
+    with open(directory / "filler", "wb") as f:
+        while True:
+            f.write(b"x" * 65536)
+            f.flush()
+except OSError:
+    pass
+for i in range(12):  # every slot, whole frames: pages first touched now
+    ring.write(np.full((480, 640, 3), i, np.uint8), i, 0.0, 0.0, 0)
+print("wrote", ring.write_seq)
+"""
+
+
+def test_frame_writes_cannot_hit_sigbus_when_shared_memory_fills_up(small_tmpfs: Path) -> None:
+    """Without the reservation the writer dies with SIGBUS (rc -7) on the first untouched page."""
+    done = subprocess.run([sys.executable, "-c", _FILL_AND_WRITE, str(small_tmpfs)], capture_output=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, (done.returncode, done.stderr.decode(errors="replace")[-2000:])
+    assert done.stdout.decode().split() == ["wrote", "12"]
 
 
 def test_unlink_ring_reports_whether_it_existed(make_ring) -> None:
