@@ -1,25 +1,39 @@
 """HTTP API (Starlette, served by uvicorn in a thread of the supervisor process).
 
 Endpoints: /healthz, /readyz (no auth); /api/streams, /api/counts, /api/config, POST /api/reload, /metrics,
-/preview/<stream>.mjpg, /preview/<stream>.jpg and the preview page at /. With ``api.token`` set, every
-endpoint but the health checks needs ``Authorization: Bearer <token>`` (or ``?token=`` for browsers'
-<img> requests).
+/preview/<stream>.mjpg, /preview/<stream>.jpg and the preview page at /.
+
+Access rules (``ApiGuard``):
+
+* With ``api.token`` set, every endpoint but the health checks needs ``Authorization: Bearer <token>``. The
+  token is accepted in the query string (``?token=``) only for GET of the preview page ``/`` and the preview
+  images ``/preview/<stream>.mjpg|.jpg``, because a browser's ``<img>`` cannot send a header; never for the
+  JSON API, the metrics or any state-changing request.
+* A state-changing request (any method but GET, HEAD, OPTIONS) must not come from another site: it is refused
+  when its ``Origin`` header is not this server's own origin, or its ``Sec-Fetch-Site`` is ``cross-site`` or
+  ``same-site``. A web page the operator visits therefore cannot ``POST /api/reload``.
+* Bound to loopback without a token, the ``Host`` header must name a loopback host, so that a DNS-rebinding
+  page cannot reach the API under its own name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import structlog
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, SecretStr
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -29,13 +43,19 @@ from starlette.routing import Route
 from streamd.analytics.store import CountStore, ShiftSchedule, hour_window
 from streamd.api.metrics import registry_for
 from streamd.api.preview import PreviewHub
-from streamd.config.models import ApiConfig, DaemonConfig
+from streamd.config.models import LOOPBACK_HOSTS, ApiConfig, DaemonConfig
 from streamd.redact import redact
 
 log = structlog.get_logger()
 HEALTH_STALE_S = 10.0  # the supervisor's loop ticks every 0.2 s; silence this long means it is stuck
 PREVIEW_FPS = 10.0
 OPEN_PATHS = ("/healthz", "/readyz")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# GET paths where ?token= stands in for the header: what a browser loads without script (<img>, the page itself)
+QUERY_TOKEN_PATHS = re.compile(r"/|/preview/[^/]+\.(?:mjpg|jpg)")
+# a config or status key whose value is a credential, whatever its type: hidden entirely
+SECRET_KEY = re.compile(r"(?i)pass(?:word|wd)?|pwd|token|secret|key|signature|credential")
+HIDDEN = "***"
 
 
 class DaemonView(Protocol):
@@ -47,22 +67,52 @@ class DaemonView(Protocol):
     def request_reload(self, reason: str = "signal") -> None: ...
 
 
+def is_secret_key(key: str) -> bool:
+    """True for names such as ``password``, ``bearer_token``, ``secret``, ``api_key``, ``signature``."""
+    return bool(SECRET_KEY.search(key))
+
+
+def redact_strings(node: Any) -> Any:
+    """A copy of a JSON-like tree with every string passed through ``redact`` (URL passwords, secret query
+    parameters); keys are data here (stream, line and stage names) and stay as they are."""
+    if isinstance(node, dict):
+        return {k: redact_strings(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [redact_strings(v) for v in node]
+    if isinstance(node, str):
+        return redact(node)
+    return node
+
+
+def _scrub_config(model: Any, data: Any) -> Any:
+    """Walk a config model and its JSON dump side by side: hide SecretStr fields and fields with secret-looking
+    names whatever their type, and scalars under secret-looking keys of plain dicts; redact every string."""
+    if isinstance(model, BaseModel) and isinstance(data, dict):
+        out = {}
+        for name, value in data.items():
+            field = getattr(model, name, None)
+            if value not in (None, "") and (isinstance(field, SecretStr) or is_secret_key(name)):
+                out[name] = HIDDEN
+            else:
+                out[name] = _scrub_config(field, value)
+        return out
+    if isinstance(data, dict):
+        source = model if isinstance(model, dict) else {}
+        return {k: HIDDEN if is_secret_key(str(k)) and isinstance(v, (str, int, float)) and v != ""
+                else _scrub_config(source.get(k), v) for k, v in data.items()}
+    if isinstance(data, list):
+        models = list(model) if isinstance(model, (list, tuple)) else []
+        return [_scrub_config(models[i] if i < len(models) else None, v) for i, v in enumerate(data)]
+    if isinstance(data, str):
+        return redact(data)
+    return data
+
+
 def redacted_config(config: DaemonConfig) -> dict[str, Any]:
-    """The running config as JSON with credentials masked: URL passwords, tokens, passwords, secrets."""
-    data = config.model_dump(mode="json")
-
-    def scrub(node: Any, key: str = "") -> Any:
-        if isinstance(node, dict):
-            return {k: scrub(v, k) for k, v in node.items()}
-        if isinstance(node, list):
-            return [scrub(v) for v in node]
-        if isinstance(node, str):
-            if any(word in key.lower() for word in ("password", "token", "secret")):
-                return "***"
-            return redact(node)
-        return node
-
-    return scrub(data)
+    """The running config as JSON with credentials masked: SecretStr fields, fields named like password, token,
+    secret, key or signature (whatever their value), URL passwords and secret query parameters."""
+    data: dict[str, Any] = _scrub_config(config, config.model_dump(mode="json"))
+    return data
 
 
 def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette:
@@ -82,8 +132,8 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
 
     async def streams(request: Request) -> Response:
         snap = view.snapshot
-        return JSONResponse({"streams": snap.get("streams", {}), "stages": snap.get("stages", {}),
-                             "reload": snap.get("reload", {})})
+        return JSONResponse(redact_strings({"streams": snap.get("streams", {}), "stages": snap.get("stages", {}),
+                                   "reload": snap.get("reload", {})}))
 
     async def counts(request: Request) -> Response:
         window = request.query_params.get("window", "total")
@@ -94,7 +144,8 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
 
     async def config(request: Request) -> Response:
         return JSONResponse({"config": redacted_config(view.config),
-                             "needs_restart": view.snapshot.get("reload", {}).get("changes", {}).get("needs_restart", [])})
+                             "needs_restart": redact_strings(view.snapshot.get("reload", {}).get("changes", {})
+                                                    .get("needs_restart", []))})
 
     async def reload(request: Request) -> Response:
         before = view.snapshot.get("reload", {}).get("at")
@@ -103,7 +154,7 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
         while time.monotonic() < deadline:
             status = view.snapshot.get("reload", {})
             if status.get("at") != before and status.get("reason") == "api":
-                return JSONResponse(status, status_code=200 if status.get("ok") else 422)
+                return JSONResponse(redact_strings(status), status_code=200 if status.get("ok") else 422)
             await asyncio.sleep(0.1)
         return JSONResponse({"error": "the reload did not finish within 60 s"}, status_code=504)
 
@@ -111,7 +162,8 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page)
+        # the page may be opened as /?token=...: keep that URL out of Referer headers
+        return HTMLResponse(page, headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
 
     async def snapshot_jpeg(request: Request) -> Response:
         stream = request.path_params["stream"]
@@ -154,31 +206,102 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
         Route("/preview/{stream}.mjpg", mjpeg), Route("/preview/{stream}.jpg", snapshot_jpeg),
     ])
 
-    if token:
-        app.add_middleware(TokenAuth, token=token)
+    app.add_middleware(ApiGuard, token=token, loopback_only=view.config.api.host in LOOPBACK_HOSTS)
     return app
 
 
-class TokenAuth:
-    """ASGI middleware: every path but the health checks needs the bearer token (header, or ?token= for <img>)."""
+def _deny(status: int, error: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
-    def __init__(self, app: Any, token: str):
+
+def is_loopback_host(host: str) -> bool:
+    """``host`` (a Host header's name part, brackets stripped) names this machine's loopback interface."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(scheme: str, netloc: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of an origin, default ports filled in; None when it does not parse."""
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname.lower(), port if port is not None else default
+
+
+def cross_site_reason(method: str, headers: Any, scheme: str) -> str | None:
+    """Why a request would be refused as cross-site, or None. Only state-changing methods are checked."""
+    if method in SAFE_METHODS:
+        return None
+    fetch_site = headers.get("sec-fetch-site", "").lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site: {fetch_site}"
+    origin = headers.get("origin")
+    if origin is not None:
+        host = headers.get("host", "")
+        own = _origin(scheme, host) if host else None
+        given = None
+        if "://" in origin:
+            origin_scheme, _, origin_netloc = origin.partition("://")
+            given = _origin(origin_scheme.lower(), origin_netloc)
+        if own is None or given is None or given != own:
+            return f"Origin {origin[:100]!r} is not this server's own origin"
+    return None
+
+
+class ApiGuard:
+    """ASGI middleware that applies the access rules in this module's docstring (token, cross-site, Host)."""
+
+    def __init__(self, app: Any, token: str | None, loopback_only: bool = True):
         self.app = app
-        self.expected = token.encode()
+        self.expected = token.encode() if token else None
+        self.check_host = loopback_only and not token
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
+        denied = self._check(Request(scope))
+        if denied is None:
+            await self.app(scope, receive, send)
+        else:
+            await denied(scope, receive, send)
+
+    def _check(self, request: Request) -> Response | None:
+        path, method = request.url.path, request.method.upper()
+        if self.check_host and path not in OPEN_PATHS:
+            host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+            if not is_loopback_host(host):
+                return _deny(403, f"Host {host[:100]!r} is not a loopback name; this API is bound to loopback "
+                                  "without api.token (open it as http://127.0.0.1:<port>/)")
+        reason = cross_site_reason(method, request.headers, request.url.scheme)
+        if reason is not None:
+            return _deny(403, f"cross-site request refused ({reason}): state-changing requests must come from "
+                              "this server's own page or from a client that sends no Origin (curl, scripts)")
+        if self.expected is None or path in OPEN_PATHS:
+            return None
         header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
-        if hmac.compare_digest(given.encode(), self.expected):
-            await self.app(scope, receive, send)
-            return
-        response = JSONResponse({"error": "missing or wrong API token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
+        if header[:7].lower() == "bearer ":
+            if hmac.compare_digest(header[7:].strip().encode(), self.expected):
+                return None
+            return _deny(401, "wrong API token", {"WWW-Authenticate": "Bearer"})
+        query = request.query_params.get("token")
+        if query is not None:
+            if method != "GET" or not QUERY_TOKEN_PATHS.fullmatch(path):
+                return _deny(401, "?token= is accepted only for GET of the preview page and images; send "
+                                  "Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+            if hmac.compare_digest(query.encode(), self.expected):
+                return None
+            return _deny(401, "wrong API token", {"WWW-Authenticate": "Bearer"})
+        return _deny(401, "missing API token: send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
 
 
 def _read_counts(config: DaemonConfig, window: str, stream: str | None) -> dict[str, Any]:

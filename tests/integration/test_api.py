@@ -99,6 +99,12 @@ def test_api_endpoints_metrics_and_preview(belt: Path, tmp_path: Path, daemon_fa
             if received.count(b"--frame") >= 3:
                 break
     assert received.count(b"Content-Type: image/jpeg") >= 2
+    # on loopback without a token, a web page the operator visits cannot trigger a reload
+    for cross_site in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused = httpx.post(f"{url}/api/reload", headers=cross_site)
+        assert refused.status_code == 403 and "cross-site" in refused.json()["error"]
+    api_reloads = [e for e in daemon.events() if str(e.get("event")).startswith("reload_") and e.get("reason") == "api"]
+    assert not api_reloads  # nothing reached the daemon
 
 
 def test_non_loopback_bind_needs_a_token_and_checks_it(belt: Path, tmp_path: Path, daemon_factory) -> None:
@@ -117,7 +123,15 @@ def test_non_loopback_bind_needs_a_token_and_checks_it(belt: Path, tmp_path: Pat
     assert httpx.post(f"{url}/api/reload").status_code == 401
     good = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.get(f"{url}/api/streams", headers=good).status_code == 200
-    assert httpx.get(f"{url}/api/streams", params={"token": TOKEN}).status_code == 200
+    # ?token= only where a browser cannot send a header: GET of the preview page and images
+    assert httpx.get(f"{url}/api/streams", params={"token": TOKEN}).status_code == 401
+    assert httpx.get(f"{url}/metrics", params={"token": TOKEN}).status_code == 401
+    assert httpx.get(f"{url}/api/config", params={"token": TOKEN}).status_code == 401
+    assert httpx.post(f"{url}/api/reload", params={"token": TOKEN}).status_code == 401
+    assert httpx.get(f"{url}/", params={"token": TOKEN}).status_code == 200
+    assert httpx.get(f"{url}/preview/nope.jpg", params={"token": TOKEN}).status_code == 404  # past auth
+    # a state-changing request from another site is refused even with the token
+    assert httpx.post(f"{url}/api/reload", headers={**good, "Origin": "https://evil.example"}).status_code == 403
     assert TOKEN not in httpx.get(f"{url}/api/config", headers=good).text
     assert TOKEN not in daemon.log_path.read_text()
 
