@@ -68,6 +68,24 @@ def create_session(path: str, providers: list[str], intra_op_threads: int = 0,
     return session
 
 
+def check_input_shape(path: str, name: str, shape: list[Any]) -> None:
+    """streamd feeds NCHW images with 3 colour channels: [batch, 3, height, width], or [3, height, width] for
+    models that take one image per run. A dynamic axis (a name instead of a number) accepts anything."""
+    expected = "[batch, 3, height, width] (NCHW, 3 colour channels; or [3, height, width])"
+    shown = "[" + ", ".join(str(d) if isinstance(d, int) else repr(d) if d else "?" for d in shape) + "]"
+    if len(shape) not in (3, 4):
+        raise ModelError(f"model {path}: image input {name} has shape {shown} (rank {len(shape)}); streamd "
+                         f"expects {expected}; export the model with an image input of that layout")
+    channels = shape[1] if len(shape) == 4 else shape[0]
+    if not isinstance(channels, int) or channels == 3:
+        return
+    last = shape[-1]
+    hint = (f"it looks channels-last (NHWC, {last} channels on the last axis): export it with NCHW input"
+            if last == 3 else "streamd feeds colour (BGR/RGB) images: use a model trained on 3-channel input")
+    raise ModelError(f"model {path}: image input {name} has shape {shown}, {channels} channels; streamd "
+                     f"expects {expected}; {hint}")
+
+
 def model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
     inputs = session.get_inputs()
     if len(inputs) != 1:
@@ -75,9 +93,7 @@ def model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
     if inputs[0].type not in INPUT_DTYPES:
         raise ModelError(f"model {path}: image input {inputs[0].name} is {inputs[0].type}; streamd feeds "
                          f"float32 or float16 tensors")
-    if len(inputs[0].shape) not in (3, 4):
-        raise ModelError(f"model {path}: image input {inputs[0].name} has shape {inputs[0].shape}; streamd "
-                         f"expects [batch, 3, height, width] (or [3, height, width])")
+    check_input_shape(path, inputs[0].name, list(inputs[0].shape))
     outputs = session.get_outputs()
     return ModelInfo(
         path=path,

@@ -40,11 +40,12 @@ ULTRA_META = {"names": "{0: 'a', 1: 'b'}", "imgsz": "[64, 64]", "task": "detect"
 
 def constant_model(path: Path, const: np.ndarray, batch: int | str = "b", hw: tuple = (64, 64),
                    mean_weight: float = 0.0, metadata: dict[str, str] | None = None,
-                   out_shape: list | None = None) -> Path:
-    """A graph whose output is ``const`` (+ mean of each input image * mean_weight), batch dim following the input."""
+                   out_shape: list | None = None, input_shape: list | None = None) -> Path:
+    """A graph whose output is ``const`` (+ mean of each input image * mean_weight), batch dim following the input.
+    ``input_shape`` replaces the [batch, 3, *hw] image input (for layouts streamd must refuse)."""
     const = np.asarray(const, np.float32)
     rank = const.ndim + 1
-    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, *hw])
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, input_shape or [batch, 3, *hw])
     output = helper.make_tensor_value_info("output0", TensorProto.FLOAT,
                                            out_shape or [batch, *const.shape])
     inits = [
@@ -171,6 +172,57 @@ def test_static_batch_of_one_end_to_end(tmp_path: Path) -> None:
     assert [len(r.confidence) for r in results] == [3, 3, 3]
     for r in results:
         np.testing.assert_allclose(r.xyxy[0], SRC_A, atol=1e-4)
+
+
+# --- input layout (issue 19 item 4): refused when loaded, not when the first frame arrives ------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "says"),
+    [
+        (["b", 1, 64, 64], "['b', 1, 64, 64], 1 channels"),
+        ([1, 4, 64, 64], "[1, 4, 64, 64], 4 channels"),
+        ([1, 64, 64, 3], "looks channels-last (NHWC"),
+        (["b", 1, 3, 64, 64], "(rank 5)"),
+    ],
+    ids=["grey", "rgba", "nhwc", "rank5"],
+)
+def test_input_without_three_channels_is_refused_at_load(tmp_path: Path, shape: list, says: str) -> None:
+    path = constant_model(tmp_path / "odd.onnx", KNOWN, metadata=ULTRA_META, input_shape=shape)
+    with pytest.raises(ModelError) as info:
+        load_model(str(path))
+    message = str(info.value)
+    assert str(path) in message and "image input images" in message, message
+    assert says in message, message
+    assert "[batch, 3, height, width]" in message, message
+
+
+def test_dynamic_channel_axis_is_accepted(tmp_path: Path) -> None:
+    path = constant_model(tmp_path / "dyn.onnx", KNOWN, metadata=ULTRA_META, input_shape=["b", "c", 64, 64])
+    model = load_model(str(path))
+    assert isinstance(model.adapter, UltralyticsAdapter)
+    assert model.run(np.zeros((1, 3, 64, 64), np.float32))[0].shape == (1, 6, 8)
+
+
+def test_inspect_reports_a_one_channel_model_as_an_error(tmp_path: Path, capsys) -> None:
+    from streamd.cli import main
+
+    path = constant_model(tmp_path / "grey.onnx", KNOWN, metadata=ULTRA_META, input_shape=["b", 1, 64, 64])
+    assert main(["model", "inspect", str(path), "--runs", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model ") and "1 channels" in err and "Traceback" not in err
+
+
+def test_validate_refuses_a_pipeline_whose_model_takes_one_channel(tmp_path: Path, capsys) -> None:
+    from streamd.cli import main
+
+    path = constant_model(tmp_path / "grey.onnx", KNOWN, metadata=ULTRA_META, input_shape=["b", 1, 64, 64])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"pipelines:\n  p:\n    model: {path}\nstreams:\n  - name: cam\n    url: {tmp_path}/x.mp4\n"
+                   f"    pipeline: p\n")
+    assert main(["validate", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "1 channels" in err and str(path) in err and "Traceback" not in err
 
 
 # --- adapter selection and its errors ---------------------------------------------------------
