@@ -13,6 +13,8 @@ from typing import Literal
 
 import numpy as np
 
+from streamd.analytics.state import LineState, LineTrackState
+
 Anchor = Literal["bottom_center", "center", "top_center"]
 
 
@@ -74,6 +76,21 @@ class LineCounter:
     @property
     def tracked(self) -> int:
         return len(self._tracks)
+
+    def snapshot(self) -> LineState:
+        return LineState(
+            name=self.name,
+            tracks=[LineTrackState(tid, s.side, s.last_seen, sorted(s.counted), s.class_id, s.anchor)
+                    for tid, s in self._tracks.items()],
+            counts=[(cid, direction, n) for (cid, direction), n in self.counts.items()],
+            id_switches=self.id_switches)
+
+    def restore(self, state: LineState) -> None:
+        self._tracks = OrderedDict(
+            (s.track_id, _TrackState(s.side, s.last_seen, set(s.counted), s.class_id, (s.anchor[0], s.anchor[1])))
+            for s in state.tracks)
+        self.counts = Counter({(cid, direction): n for cid, direction, n in state.counts})
+        self.id_switches = state.id_switches
 
     def update(self, track_ids: np.ndarray, xyxy: np.ndarray, class_ids: np.ndarray, t: float) -> list[Crossing]:
         """Feed one frame of tracked boxes (track id -1 = unconfirmed, ignored); returns new crossings."""

@@ -4,6 +4,9 @@ The analytics stage records crossings here before it publishes them, in one tran
 together with the stream's checkpoint (last frame analysed). Counts are computed from the rows, so a
 restart resumes them exactly; ``INSERT OR IGNORE`` on the event id means a replayed frame never
 counts twice. Readers (``streamd counts``) open the same file while the daemon runs.
+
+Each stream's analytics state (tracker, line and zone state; see streamd.analytics.state) is stored in the
+same transaction as its checkpoint, so a restarted analytics stage resumes from exactly the checkpointed frame.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     source TEXT NOT NULL,
     frame INTEGER NOT NULL,
     finished INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS stream_state (
+    stream TEXT PRIMARY KEY,
+    frame INTEGER NOT NULL,        -- the checkpoint frame the state is the state after
+    state BLOB NOT NULL            -- streamd.analytics.state.StreamCheckpoint, msgpack
 );
 """
 
@@ -92,9 +100,11 @@ class CountStore:
             self._db.executescript(_SCHEMA)
 
     def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int,
-               zone_events: Iterable[ZoneEventRow] = ()) -> tuple[list[CrossingRow], list[ZoneEventRow]]:
+               zone_events: Iterable[ZoneEventRow] = (), state: bytes | None = None,
+               clear_state: bool = False) -> tuple[list[CrossingRow], list[ZoneEventRow]]:
         """Store the crossings and zone events of one frame and the stream's checkpoint atomically; returns
-        the rows newly added (a replayed id is ignored)."""
+        the rows newly added (a replayed id is ignored). ``state``: the stream's analytics state after this
+        frame, stored in the same transaction; ``clear_state``: forget the stored state instead."""
         added: list[CrossingRow] = []
         added_zone: list[ZoneEventRow] = []
         with self._db:
@@ -119,12 +129,30 @@ class CountStore:
                 "frame=excluded.frame, source=excluded.source, finished=0",
                 (stream, source, frame),
             )
+            if state is not None:
+                self._db.execute("INSERT OR REPLACE INTO stream_state VALUES (?, ?, ?)", (stream, frame, state))
+            elif clear_state:
+                self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,))
         return added, added_zone
 
     def finish(self, stream: str) -> None:
         """The stream's finite source was processed to its end: the next run starts it afresh."""
         with self._db:
             self._db.execute("UPDATE checkpoints SET finished=1 WHERE stream=?", (stream,))
+            self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,))
+
+    def clear_state(self, stream: str) -> None:
+        """Forget a stream's analytics state: its next frames start with fresh state."""
+        with self._db:
+            self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,))
+
+    def stream_state(self, stream: str) -> tuple[str, int, bytes] | None:
+        """(checkpoint source, checkpoint frame, state) of a stream whose checkpoint carries analytics state
+        and is not finished; None otherwise."""
+        row = self._db.execute(
+            "SELECT c.source, c.frame, s.state FROM checkpoints c JOIN stream_state s ON s.stream = c.stream "
+            "AND s.frame = c.frame WHERE c.stream=? AND c.finished=0", (stream,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), bytes(row[2]))
 
     def resume_frame(self, stream: str, source: str) -> int:
         """First frame to process for ``stream``: after its checkpoint if an earlier run of the same

@@ -98,3 +98,24 @@ def test_zone_visits_replay_once_and_give_dwell(tmp_path: Path) -> None:
     assert store.zone_counts() == {("cam", "door", "person"): ZoneCount(visits=2, exits=1, mean_dwell_s=4.0)}
     assert store.zone_counts(since=1.5) == {("cam", "door", "person"): ZoneCount(visits=1, exits=0, mean_dwell_s=None)}
     store.close()
+
+
+def test_stream_state_is_stored_with_its_checkpoint(tmp_path: Path) -> None:
+    store = CountStore(tmp_path / "counts.db")
+    store.record([], "cam", "src", 10, state=b"after-10")
+    assert store.stream_state("cam") == ("src", 10, b"after-10")
+    assert store.stream_state("other") is None
+    store.record([], "cam", "src", 11)  # a checkpoint without state: the stored one is of an older frame
+    assert store.stream_state("cam") is None
+    store.record([], "cam", "src", 12, state=b"after-12")
+    store.close()
+    reopened = CountStore(tmp_path / "counts.db")
+    assert reopened.stream_state("cam") == ("src", 12, b"after-12")
+    reopened.record([], "cam", "src", 12, clear_state=True)
+    assert reopened.stream_state("cam") is None
+    reopened.record([], "cam", "src", 13, state=b"after-13")
+    reopened.finish("cam")  # a finished file starts afresh
+    assert reopened.stream_state("cam") is None
+    reopened.record([], "cam", "src", 14, state=b"after-14")
+    reopened.clear_state("cam")
+    assert reopened.stream_state("cam") is None

@@ -92,3 +92,42 @@ def test_ten_thousand_visits_leave_bounded_state(max_tracks: int) -> None:
     assert peak <= max_tracks
     step(zone, t + 5.0)
     assert zone.tracked == 0
+
+
+def full_step(zone: ZoneCounter, t: float, *tracks: tuple) -> list[tuple]:
+    tids = np.array([tr[0] for tr in tracks], np.int64)
+    boxes = np.array([[tr[1] - 5, tr[2] - 20, tr[1] + 5, tr[2]] for tr in tracks], np.float64).reshape(-1, 4)
+    classes = np.array([tr[3] if len(tr) > 3 else 0 for tr in tracks], np.int64)
+    return [(e.kind, e.track_id, e.visit_track, round(e.dwell_s, 3)) for e in zone.update(tids, boxes, classes, t)]
+
+
+def test_id_switch_inside_the_zone_is_one_visit() -> None:
+    zone = ZoneCounter("z", SQUARE, exit_after_lost_s=2.0)
+    events = full_step(zone, 0.0, (1, 150, 150))
+    events += full_step(zone, 0.5, (1, 152, 150))
+    events += full_step(zone, 0.6)  # the tracker loses the object ...
+    events += full_step(zone, 0.7, (2, 155, 150))  # ... and finds it again under a new id
+    events += full_step(zone, 1.5, (2, 160, 150))
+    events += full_step(zone, 2.0, (2, 250, 150))
+    # one enter and one exit, both of the visit of track 1; the exit is reported by track 2
+    assert events == [("enter", 1, 1, 0.0), ("exit", 2, 1, 2.0)]
+    assert zone.visits == {0: 1}
+    assert zone.id_switches == 1
+    assert full_step(zone, 10.0) == []  # track 1's state went with the hand-over: no late "lost" exit
+
+
+def test_new_id_far_away_or_of_another_class_inside_the_zone_is_a_new_visit() -> None:
+    zone = ZoneCounter("z", SQUARE)
+    full_step(zone, 0.0, (1, 120, 150))
+    full_step(zone, 0.1)
+    assert full_step(zone, 0.2, (2, 180, 190), (3, 121, 150, 1)) == [("enter", 2, 2, 0.0), ("enter", 3, 3, 0.0)]
+    assert zone.visits == {0: 2, 1: 1}
+
+
+def test_snapshot_and_restore_continue_a_visit() -> None:
+    zone = ZoneCounter("z", SQUARE)
+    full_step(zone, 0.0, (1, 150, 150))
+    restored = ZoneCounter("z", SQUARE)
+    restored.restore(zone.snapshot())
+    assert restored.occupancy() == {0: 1} and restored.visits == {0: 1}
+    assert full_step(restored, 1.0, (1, 250, 150)) == full_step(zone, 1.0, (1, 250, 150)) == [("exit", 1, 1, 1.0)]
