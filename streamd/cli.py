@@ -8,13 +8,15 @@ from pathlib import Path
 
 from streamd import __version__
 from streamd.errors import ConfigError, ModelError
+from streamd.redact import redact
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from streamd.app import resolve_pipeline
     from streamd.config import load_config
 
     try:
+        from streamd.app import resolve_pipeline
+
         loaded = load_config(args.config)
         used = {s.pipeline for s in loaded.config.active_streams}
         for name in sorted(used):
@@ -24,6 +26,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return 1
     except ModelError as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - validate answers with one error line, never a traceback
+        print(f"error: {args.config}: cannot validate: {type(exc).__name__}: {redact(str(exc))[:300]} "
+              f"(a streamd bug: please report it with the file)", file=sys.stderr)
         return 1
     cfg = loaded.config
     print(f"{loaded.path}: OK: {len(cfg.active_streams)} stream(s), {len(used)} pipeline(s), {len(cfg.sinks)} sink(s)")
@@ -51,16 +57,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_counts(args: argparse.Namespace) -> int:
     import json
+    import sqlite3
     from datetime import datetime, timezone
 
     from streamd.analytics.store import CountStore, ShiftSchedule, hour_window
     from streamd.config import load_config
 
     try:
-        counts_cfg = load_config(args.config).config.counts
+        # reading needs no write access to the store's folder: skip the checks of paths the daemon writes
+        counts_cfg = load_config(args.config, check_paths=False).config.counts
         store = CountStore(counts_cfg.path, readonly=True)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.Error) as exc:
+        print(f"error: cannot read the counts store {counts_cfg.path}: {exc}", file=sys.stderr)
         return 1
     now = datetime.now(timezone.utc)
     start: datetime | None

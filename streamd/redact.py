@@ -1,25 +1,52 @@
-"""Credential redaction for URLs: nothing with a password leaves the process unredacted."""
+"""Credential redaction: nothing with a password, token or signature leaves the process unredacted."""
 
 from __future__ import annotations
 
 import re
 
-# scheme://user:password@host  -> scheme://user:***@host ; also scheme://token@host -> ***@
-# The userinfo ends at the LAST '@' before the host (FFmpeg splits there too), so '@' or '/' in a
-# password cannot leak part of it.
-_USERINFO = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*)(?::(?P<pw>\S*?))?@(?=[^@\s]*(?:[/?#\s]|$))"
-)
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|key|secret|auth)=)[^&\s]*")
+# A URL runs from its scheme to the first whitespace or quote. Its userinfo ends at the LAST '@' of the URL,
+# not at the first '/', ':' or '@': a password such as Pa55@w/rd or a:b%2F is hidden whole (over-hiding a
+# path that holds an '@' is the safe mistake). user:password -> user:***, a bare token@ -> ***@.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://(?P<rest>[^\s'\"<>`]*)")
+# Secret-looking query parameters, anywhere in the query (after ? & or ;), any case: api_key, apikey,
+# access_token, refresh_token, client_secret, sig, signature, X-Amz-Signature, X-Amz-Security-Token, ...
+_SECRET_NAME = (r"(?:[a-z0-9]+[_.\-])*(?:api_?key|access_?token|token|sig|signature|password|passwd|pwd|secret|key|"
+                r"auth|credential|session)")
+_SECRET_QUERY = re.compile(rf"(?i)[?&;]{_SECRET_NAME}=(?P<value>[^&;#\s'\"<>`]*)")
+MASK = "***"
 
 
 def redact(text: str) -> str:
-    """Return ``text`` with URL passwords and secret-looking query values replaced by ``***``."""
+    """Return ``text`` with URL passwords and secret-looking query values replaced by ``***``.
 
-    def _userinfo(m: re.Match[str]) -> str:
-        if m.group("pw") is None:
-            # a bare userinfo without ':' is usually a token
-            return f"{m.group('scheme')}***@"
-        return f"{m.group('scheme')}{m.group('user')}:***@"
-
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(_userinfo, text))
+    Idempotent: ``redact(redact(x)) == redact(x)``.
+    """
+    if "://" not in text and "=" not in text:
+        return text
+    spans: list[tuple[int, int]] = []  # [start, end) of each secret; overlaps merge, so no part survives
+    for m in _URL.finditer(text):
+        rest, base = m.group("rest"), m.start("rest")
+        at = rest.rfind("@")
+        if at < 0:
+            continue
+        colon = rest.find(":", 0, at)
+        spans.append((base + colon + 1 if colon >= 0 else base, base + at))
+    for m in _SECRET_QUERY.finditer(text):
+        spans.append((m.start("value"), m.end("value")))
+    if not spans:
+        return text
+    spans.sort()
+    out: list[str] = []
+    pos = 0
+    merged: list[list[int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in merged:
+        out.append(text[pos:start])
+        out.append(MASK)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)

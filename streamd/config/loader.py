@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from streamd.config.models import DaemonConfig, PipelineConfig, source_kind
+from streamd.config import checks
+from streamd.config.models import NAME_PATTERN, SECRET_FIELDS, DaemonConfig, PipelineConfig, source_kind
 from streamd.errors import ConfigError
 from streamd.redact import redact
 
@@ -34,6 +36,146 @@ class LoadedConfig:
     path: Path
 
 
+# Limits on what one config file may make the loader do. A real config is a few KiB with a handful of
+# levels; these stop a hostile or corrupt file (an alias bomb, a huge or binary file) before it costs
+# seconds or gigabytes, in `validate` and in the running daemon's reload alike.
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config (or pipeline) file read, in bytes."""
+MAX_YAML_NODES = 250_000
+"""Most values (scalars, lists and mappings) one file may hold once its YAML aliases are expanded."""
+MAX_YAML_DEPTH = 50
+"""Deepest nesting of lists and mappings in one file."""
+MAX_PROBLEMS = 50
+"""Problems listed in one ConfigError; the rest are counted."""
+
+# libyaml's parser and composer when present (several times faster than the pure-Python ones)
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _BadValue(Exception):
+    """A scalar YAML resolved to a type but could not build (2024-13-45, an int of 5000 digits), with its line."""
+
+    def __init__(self, line: int, error: Exception):
+        super().__init__(str(error))
+        self.line = line
+
+
+class _Loader(_BaseLoader):
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            if node.start_mark is None:
+                raise
+            raise _BadValue(node.start_mark.line + 1, exc) from exc
+
+
+def _read_text(path: Path) -> str:
+    """The file as text, or a ConfigError that names the file, the line and byte of a bad byte, and the fix."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError([f"{path}: not a regular file; give the path of a YAML config file"])
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: the file is larger than {MAX_CONFIG_BYTES >> 10} KiB, the limit of a config "
+                           f"file; is it the right file? (a config needs a few KiB)"])
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise ConfigError([f"{path}:{_line_at(raw, nul)}: NUL byte at byte offset {nul}: this is not a text file "
+                           f"(a binary, or a corrupt or half-written copy); remove the byte or restore the file"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}:{_line_at(raw, exc.start)}: byte 0x{raw[exc.start]:02x} at byte offset "
+                           f"{exc.start} is not UTF-8; save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) "
+                           f"or remove that character"]) from None
+    return text.removeprefix("\ufeff")
+
+
+def _line_at(raw: bytes | str, offset: int) -> int:
+    if isinstance(raw, bytes):
+        return raw.count(b"\n", 0, offset) + 1
+    return raw.count("\n", 0, offset) + 1
+
+
+def _event_line(event: yaml.Event) -> int:
+    return event.start_mark.line + 1 if event.start_mark is not None else 1
+
+
+def _parse(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
+    """Compose and construct one YAML document; every way that can fail becomes a ConfigError."""
+    try:
+        _check_expansion(path, text)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.reader.ReaderError as exc:
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        raise ConfigError([f"{path}:{_line_at(text, exc.position)}: character U+{code:04X} at character offset "
+                           f"{exc.position} is not allowed in YAML (a control character); remove it"]) from None
+    except _BadValue as exc:
+        raise ConfigError([f"{path}:{exc.line}: this value cannot be read: {redact(str(exc))[:200]}; check dates, "
+                           f"numbers and !!tags, or quote the value to keep it a string"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}{line}: YAML syntax error: {problem}; check indentation and quoting"]) from None
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        # a scalar that matches a YAML type but cannot be built (2024-13-45, an int of 5000 digits)
+        raise ConfigError([f"{path}: a value cannot be read: {redact(str(exc))[:200]}; check dates, numbers and "
+                           f"!!tags, or quote the value to keep it a string"]) from None
+    return node, data
+
+
+def _check_expansion(path: Path, text: str) -> None:
+    """Count what the document expands to (aliases included) from the parser's events, before composing it.
+
+    One streaming pass, no tree built: each alias adds the size of the node it names, so 397 bytes of nested
+    aliases (millions of values) are refused at the line where the count passes MAX_YAML_NODES.
+    """
+    loader = _Loader(text)
+    try:
+        count = 0
+        sizes: dict[str, int] = {}  # anchor -> how many values its node expands to
+        open_nodes: list[tuple[int, str | None]] = []  # (count when it started, anchor) of each open collection
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                open_nodes.append((count, event.anchor))
+                count += 1
+                if len(open_nodes) > MAX_YAML_DEPTH:
+                    raise ConfigError([f"{path}:{_event_line(event)}: lists and mappings nested deeper than "
+                                       f"{MAX_YAML_DEPTH} levels; a streamd config needs fewer than 10"])
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                start, anchor = open_nodes.pop()
+                if anchor is not None:
+                    sizes[anchor] = count - start
+            elif isinstance(event, yaml.ScalarEvent):
+                count += 1
+                if event.anchor is not None:
+                    sizes[event.anchor] = 1
+            elif isinstance(event, yaml.AliasEvent) and event.anchor is not None:
+                if any(anchor == event.anchor for _, anchor in open_nodes):
+                    raise ConfigError([f"{path}:{_event_line(event)}: alias *{event.anchor} is inside the "
+                                       f"block &{event.anchor} it names (a recursive structure); remove it"])
+                count += sizes.get(event.anchor, 1)
+            if count > MAX_YAML_NODES:
+                raise ConfigError([f"{path}:{_event_line(event)}: the document expands to more than "
+                                   f"{MAX_YAML_NODES} values (each *alias repeats the whole block its &anchor names, "
+                                   f"so nested aliases multiply); a streamd config needs far fewer: remove the "
+                                   f"nested aliases or split the file"])
+    finally:
+        loader.dispose()
+
+
 class _Document:
     """One YAML file parsed into plain data plus the source line of every key and item."""
 
@@ -41,21 +183,7 @@ class _Document:
         self.path = path
         self.where: dict[Loc, Where] = {}
         self.problems: list[str] = []
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from exc
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError([f"{path}{line}: YAML syntax error: {problem}; check indentation and quoting"]) from exc
-        finally:
-            loader.dispose()
+        node, data = _parse(path, _read_text(path))
         if node is not None:
             self._index(node, ())
         self.data = self._substitute(data, (), env)
@@ -106,10 +234,28 @@ class _Document:
         return str(self.path)
 
 
-def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> LoadedConfig:
-    """Read, substitute, merge pipeline files, resolve paths and validate. Raises ConfigError."""
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None, *,
+                check_paths: bool = True) -> LoadedConfig:
+    """Read, substitute, merge pipeline files, resolve paths and validate. Raises ConfigError, nothing else.
+
+    ``check_paths`` also checks that every file the daemon writes (counts store, JSONL sinks, outboxes) can be
+    created there (streamd.config.checks); turn it off for read-only uses such as `streamd counts`.
+    """
     path = Path(path).absolute()
     env = dict(os.environ) if env is None else env
+    try:
+        return _load(path, env, check_paths)
+    except ConfigError as exc:
+        if len(exc.problems) > MAX_PROBLEMS:
+            more = len(exc.problems) - MAX_PROBLEMS
+            raise ConfigError(exc.problems[:MAX_PROBLEMS] + [f"... and {more} more problem(s)"]) from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reload must never die of a file it cannot read
+        raise ConfigError([f"{path}: cannot load the config: {type(exc).__name__}: {redact(str(exc))[:300]} "
+                           f"(a streamd bug: please report it with the file)"]) from exc
+
+
+def _load(path: Path, env: dict[str, str], check_paths: bool) -> LoadedConfig:
     main = _Document(path, env)
     problems = list(main.problems)
     data = main.data
@@ -124,8 +270,8 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
             if not isinstance(stream, dict) or not isinstance(stream.get("pipeline"), str):
                 continue
             name = stream["pipeline"]
-            if name in pipelines or name in docs:
-                continue
+            if name in pipelines or name in docs or not re.fullmatch(NAME_PATTERN, name):
+                continue  # an invalid name is reported by validation; it never becomes a file name
             found = _find_pipeline_file(name, path.parent)
             if found is None:
                 problems.append(
@@ -173,6 +319,10 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         config = DaemonConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([_describe(err, data, main, docs) for err in exc.errors()]) from None
+    if check_paths:
+        path_problems = checks.check_paths(config)
+        if path_problems:
+            raise ConfigError([f"{main.line_of(p.loc)}: {p}" for p in path_problems])
     return LoadedConfig(config=config, path=path)
 
 
@@ -230,7 +380,11 @@ def _describe(err: Any, data: Any, main: _Document, docs: dict[str, _Document]) 
     got = err.get("input")
     suffix = ""
     if err["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
-        suffix = f" (got {redact(repr(got))})"
+        if any(part in SECRET_FIELDS for part in parts):
+            suffix = " (value hidden)"  # a password or token, whatever its type or length, is never echoed
+        else:
+            shown = redact(repr(got))
+            suffix = f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
     return f"{doc.line_of(doc_loc)}: {_dotted(tuple(loc))}: {message}{suffix}"
 
 

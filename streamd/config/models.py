@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from datetime import time
+from difflib import get_close_matches
+from functools import lru_cache
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,47}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '_' or '-', at most 48 characters.")]
-Point = Annotated[tuple[float, float], Field(description="[x, y] in source-frame pixels.")]
+MAX_COORDINATE = 1_000_000.0
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Point = Annotated[tuple[Coordinate, Coordinate], Field(description="[x, y] in source-frame pixels.")]
+
+SECRET_FIELDS = frozenset({"password", "token", "secret", "bearer_token"})
+"""Field names whose values are credentials: error messages never echo them (see also the SecretStr fields)."""
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf/.nan is refused in every float field (a line at .inf silently never counts)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BackoffConfig(Strict):
@@ -183,8 +194,8 @@ class PipelineConfig(Strict):
     @model_validator(mode="after")
     def _unique_names(self) -> PipelineConfig:
         # lines and zones share one name space: counts and events are keyed by it
-        names = [line.name for line in self.lines] + [zone.name for zone in self.zones]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        names = Counter([line.name for line in self.lines] + [zone.name for zone in self.zones])
+        dupes = sorted(n for n, seen in names.items() if seen > 1)
         if dupes:
             raise ValueError(f"line and zone names must be unique; repeated: {', '.join(dupes)}")
         return self
@@ -323,6 +334,16 @@ class CountsConfig(Strict):
         description="Local start times of shifts; a shift runs until the next start.",
     )
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if not _is_zone(value):
+            close = get_close_matches(value, _zone_names(), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(f"{value!r} is not an IANA time zone; {hint}use a name such as UTC, Europe/Berlin or "
+                             "America/New_York (`python -c 'import zoneinfo; print(zoneinfo.available_timezones())'`)")
+        return value
+
     @field_validator("shifts")
     @classmethod
     def _times(cls, shifts: list[str]) -> list[str]:
@@ -332,6 +353,21 @@ class CountsConfig(Strict):
             except ValueError:
                 raise ValueError(f"shift start {value!r} is not a time like 06:00") from None
         return shifts
+
+
+@lru_cache(maxsize=256)
+def _is_zone(name: str) -> bool:
+    # the time zone database is read-only system data (like the Python standard library), not config I/O
+    try:
+        ZoneInfo(name)
+    except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError (absolute or odd keys), OSError
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> list[str]:
+    return sorted(available_timezones())
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -367,10 +403,37 @@ class DaemonConfig(Strict):
     watch_config: bool = Field(True, description="Reload when the config file changes (also on SIGHUP and POST /api/reload).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("sinks")
+    @classmethod
+    def _distinct_sinks(cls, sinks: list[SinkConfig]) -> list[SinkConfig]:
+        # two sinks on one file, endpoint or outbox would garble or crash each other at run time
+        names: dict[str, int] = {}
+        files: dict[str, tuple[int, str]] = {}
+        endpoints = _Endpoints()
+        for i, sink in enumerate(sinks):
+            if isinstance(sink, (MqttSinkConfig, WebhookSinkConfig)):
+                if sink.name in names:
+                    raise ValueError(
+                        f"sinks[{i}]: sink name '{sink.name}' is already used by sinks[{names[sink.name]}]; give each "
+                        f"mqtt/webhook sink its own `name:` (it names the sink's outbox and client id)")
+                names[sink.name] = i
+            for field, path in _sink_files(sink):
+                if path in files:
+                    j, other = files[path]
+                    raise ValueError(f"sinks[{i}].{field}: {path} is already used by sinks[{j}].{other}; two sinks "
+                                     f"cannot share one file: give each its own path")
+                files[path] = (i, field)
+            if isinstance(sink, ZmqSinkConfig):
+                taken = endpoints.check(sink.endpoint, i)
+                if taken is not None:
+                    raise ValueError(f"sinks[{i}].endpoint: {sink.endpoint} is already bound by sinks[{taken}]; "
+                                     f"one endpoint takes one zmq sink: use another port")
+        return sinks
+
     @model_validator(mode="after")
     def _references(self) -> DaemonConfig:
-        names = [s.name for s in self.streams]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        names = Counter(s.name for s in self.streams)
+        dupes = sorted(n for n, seen in names.items() if seen > 1)
         if dupes:
             raise ValueError(f"stream names must be unique; repeated: {', '.join(dupes)}")
         for i, stream in enumerate(self.streams):
@@ -389,3 +452,40 @@ class DaemonConfig(Strict):
     @property
     def active_streams(self) -> list[StreamConfig]:
         return [s for s in self.streams if s.enabled]
+
+
+def _sink_files(sink: JsonlSinkConfig | ZmqSinkConfig | MqttSinkConfig | WebhookSinkConfig) -> list[tuple[str, str]]:
+    """(field, path) of each file a sink writes that the config names."""
+    if isinstance(sink, JsonlSinkConfig):
+        return [("path", os.path.normpath(sink.path))]
+    if isinstance(sink, (MqttSinkConfig, WebhookSinkConfig)) and sink.outbox.path:
+        return [("outbox.path", os.path.normpath(sink.outbox.path))]
+    return []
+
+
+class _Endpoints:
+    """Endpoints bound so far; tcp://*:5560 (or 0.0.0.0) also takes tcp://127.0.0.1:5560 and the reverse."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, int] = {}
+        self.wildcard_port: dict[str, int] = {}
+        self.any_port: dict[str, int] = {}
+
+    def check(self, endpoint: str, index: int) -> int | None:
+        """The index of the sink that already binds ``endpoint``, else None (and ``endpoint`` is recorded)."""
+        port: str | None = None
+        wildcard = False
+        if endpoint.startswith("tcp://"):
+            host, _, port = endpoint[len("tcp://"):].rpartition(":")
+            wildcard = host in ("*", "0.0.0.0", "[::]", "::")
+        if endpoint in self.exact:
+            return self.exact[endpoint]
+        if port is not None:
+            taken = (self.any_port if wildcard else self.wildcard_port).get(port)
+            if taken is not None:
+                return taken
+            self.any_port.setdefault(port, index)
+            if wildcard:
+                self.wildcard_port.setdefault(port, index)
+        self.exact[endpoint] = index
+        return None

@@ -12,11 +12,37 @@ import structlog
 from streamd.redact import redact
 
 
+_MAX_DEPTH = 8  # deeper nesting in a log field is replaced by its redacted repr
+
+
 def _redact_values(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = redact(value)
+        event[key] = redact_value(value)
     return event
+
+
+def redact_value(value: Any, depth: int = 0) -> Any:
+    """``value`` with credentials in every string redacted, also inside lists, tuples, sets and dicts (string keys too).
+
+    Returns new containers (the caller's objects are never changed); numbers, booleans and None pass as they are;
+    other objects whose repr would show a credential are replaced by the redacted repr.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth < _MAX_DEPTH:
+        if isinstance(value, dict):
+            return {(redact(k) if isinstance(k, str) else k): redact_value(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [redact_value(v, depth + 1) for v in value]
+        if isinstance(value, (set, frozenset)):
+            return [redact_value(v, depth + 1) for v in sorted(value, key=repr)]
+    if isinstance(value, BaseException):
+        return redact(str(value))
+    text = repr(value)
+    cleaned = redact(text)
+    return value if cleaned == text else cleaned
 
 
 def configure_logging(level: str = "info", json: bool | None = None, **bound: Any) -> None:
