@@ -16,6 +16,12 @@ from streamd.redact import redact
 # A packet gap this close to read_timeout_s means PyAV's timeout interrupted the read that delivered it.
 STALL_FRACTION = 0.95
 
+# A source that delivers this many packets in a row the decoder refuses is undecodable, not merely damaged.
+MAX_CONSECUTIVE_BAD_PACKETS = 200
+# A file whose decode ends this many frames (at least) short of its container's frame count was cut off.
+TRUNCATION_TOLERANCE = 0.02
+TRUNCATION_MIN_FRAMES = 2
+
 # Low-latency demuxing for live sources: no input buffering, no B-frame reordering delay.
 _LIVE_OPTIONS = {"fflags": "nobuffer", "flags": "low_delay"}
 
@@ -24,6 +30,40 @@ _LIVE_OPTIONS = {"fflags": "nobuffer", "flags": "low_delay"}
 class DecodedFrame:
     image: np.ndarray  # H x W x 3 BGR uint8
     pts_s: float
+
+
+@dataclass
+class DecodeStats:
+    """What one pass of :func:`decode_frames` over a source met; filled while it runs."""
+
+    frames: int = 0  # frames decoded in this pass (including any the caller skips)
+    corrupt_packets: int = 0  # packets the demuxer flagged as corrupt or the decoder refused (skipped)
+    corrupt_frames: int = 0  # frames decoded with concealed errors (damaged pixels, still delivered)
+
+
+def expected_frames(container: av.container.InputContainer) -> int | None:
+    """Frames the container says its video track holds: the index's frame count, else duration x frame rate;
+    None when it tells neither (live sources, some raw streams)."""
+    video = container.streams.video[0]
+    if video.frames:
+        return int(video.frames)
+    rate = video.average_rate or video.guessed_rate
+    if not rate:
+        return None
+    if video.duration and video.time_base:
+        seconds = float(video.duration * video.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return round(seconds * float(rate)) or None
+
+
+def truncated(stats: DecodeStats, expected: int | None) -> bool:
+    """True when a pass that reached the end of the file decoded clearly fewer frames than announced."""
+    if expected is None:
+        return False
+    return expected - stats.frames >= max(TRUNCATION_MIN_FRAMES, expected * TRUNCATION_TOLERANCE)
 
 
 def open_source(stream: StreamConfig) -> av.container.InputContainer:
@@ -53,25 +93,47 @@ def open_source(stream: StreamConfig) -> av.container.InputContainer:
 
 
 def decode_frames(container: av.container.InputContainer, live: bool,
-                  read_timeout_s: float | None = None) -> Iterator[DecodedFrame]:
+                  read_timeout_s: float | None = None, stats: DecodeStats | None = None) -> Iterator[DecodedFrame]:
     """Yield BGR frames. Live sources decode single-threaded: frame threading adds ~2 frames of delay.
 
     ``read_timeout_s`` (live sources): a gap that long between packets is a stall. PyAV's own read timeout
     interrupts the blocked read, but the RTSP demuxer may hand over the truncated packet it was reading,
     which the decoder conceals, and only the next interrupted read raises: twice the timeout. Checking the
     gap per packet declares the stall after one.
+
+    A packet the decoder refuses (damaged data, the cut-off last packet of a truncated file) is skipped and
+    counted in ``stats``, as are frames decoded with concealed errors; only a long run of refused packets
+    ends the pass with a SourceError.
     """
+    stats = stats if stats is not None else DecodeStats()
     video = container.streams.video[0]
     video.thread_type = "SLICE" if live else "AUTO"
     fallback_rate = float(video.average_rate or 25)
     index = 0
+    bad_in_a_row = 0
     last_packet = time.monotonic()
     for packet in container.demux(video):
         now = time.monotonic()
         if live and read_timeout_s is not None and now - last_packet >= read_timeout_s * STALL_FRACTION:
             raise SourceError(f"no data for {now - last_packet:.1f} s (read_timeout_s {read_timeout_s}): source stalled")
         last_packet = now
-        for frame in packet.decode():  # an empty packet at the end flushes the decoder
+        if packet.is_corrupt:
+            stats.corrupt_packets += 1
+        try:
+            frames = packet.decode()  # an empty packet at the end flushes the decoder
+        except av.InvalidDataError as exc:
+            if not packet.is_corrupt:
+                stats.corrupt_packets += 1
+            bad_in_a_row += 1
+            if bad_in_a_row >= MAX_CONSECUTIVE_BAD_PACKETS:
+                raise SourceError(f"{bad_in_a_row} packets in a row cannot be decoded ({exc}): the source "
+                                  f"is not decodable video") from exc
+            continue
+        bad_in_a_row = 0
+        for frame in frames:
             pts_s = float(frame.time) if frame.time is not None else index / fallback_rate
             index += 1
+            stats.frames += 1
+            if frame.is_corrupt:
+                stats.corrupt_frames += 1
             yield DecodedFrame(image=frame.to_ndarray(format="bgr24"), pts_s=pts_s)

@@ -10,11 +10,11 @@ import av
 import zmq
 
 from streamd.config.models import StreamConfig
-from streamd.decode.sources import decode_frames, open_source
+from streamd.decode.sources import DecodeStats, decode_frames, expected_frames, open_source, truncated
 from streamd.errors import SourceError
 from streamd.ipc import sockets
 from streamd.ipc.messages import FrameReady, StreamCounters, StreamEnd, encoder
-from streamd.ipc.ring import FrameRing
+from streamd.ipc.ring import FrameRing, FrameTooLarge
 from streamd.redact import redact
 from streamd.runtime.backoff import Backoff
 from streamd.runtime.stage import EXIT_FAILED, EXIT_OK, Stage
@@ -43,6 +43,11 @@ class DecoderStage(Stage):
         self.frames_decoded = 0
         self.reconnects = 0
         self.last_error: str | None = None
+        self.warning: str | None = None  # the source is damaged (truncated file, corrupt packets), decoding goes on
+        self.frames_expected: int | None = None  # files: frames the container announced
+        self.truncated = False
+        self._damage = DecodeStats()  # corruption met in finished passes over the source
+        self._pass = DecodeStats()  # ... and in the current one
         self.backoff = Backoff(self.stream.retry)
         self.log = self.log.bind(stream=self.stream.name, url=redact(self.stream.url))
 
@@ -51,6 +56,10 @@ class DecoderStage(Stage):
             self.stream.name: StreamCounters(
                 state=self.state.value, frames_decoded=self.frames_decoded,
                 reconnects=self.reconnects, last_error=self.last_error,
+                frames_expected=self.frames_expected,
+                corrupt_packets=self._damage.corrupt_packets + self._pass.corrupt_packets,
+                corrupt_frames=self._damage.corrupt_frames + self._pass.corrupt_frames,
+                truncated=self.truncated or None, warning=self.warning,
             )
         }
 
@@ -90,10 +99,16 @@ class DecoderStage(Stage):
                 ended, frame_index, pts_offset = self._pump(container, frame_index, skip, pts_offset)
                 skip = 0
                 failures = 0
+            except FrameTooLarge as exc:
+                return self._fail_frame_too_large(exc)
             except (av.FFmpegError, OSError, SourceError) as exc:
                 self.last_error = f"stream {self.stream.name}: read failed: {redact(str(exc))}"
                 ended = False
                 failures += 1
+                self._absorb(self._pass)
+                if self.stream.is_finite:  # reopen after the frames already written, not from the start
+                    frame_index = max(frame_index, self._last_written_frame_index() + 1)
+                    skip = frame_index
             finally:
                 container.close()
             if self.stop.is_set():
@@ -108,6 +123,48 @@ class DecoderStage(Stage):
             self._back_off(self.last_error or "source ended")
         return EXIT_OK
 
+    def _fail_frame_too_large(self, exc: FrameTooLarge) -> int:
+        """A frame larger than the ring's slots: every restart would meet it again, so fail the stream once."""
+        name = self.stream.name
+        self.last_error = (
+            f"stream {name}: decoded frame {exc.width}x{exc.height} is larger than its ring's slots of "
+            f"{exc.max_width}x{exc.max_height} (max_width x max_height); raise streams[i].max_width/max_height of "
+            f"stream {name} in the config to at least max_width: {exc.width}, max_height: {exc.height}"
+        )
+        self._set_state(SourceState.FAILED, error=self.last_error)
+        self.log.error("source_failed", error=self.last_error, width=exc.width, height=exc.height,
+                       max_width=exc.max_width, max_height=exc.max_height,
+                       hint="the other streams keep running")
+        self.beat(force=True)
+        return EXIT_FAILED
+
+    def _end_of_pass(self, container: av.container.InputContainer, stats: DecodeStats) -> None:
+        """The source ended: warn when a file had fewer frames than its container announced, or damaged data."""
+        self._absorb(stats)
+        problems = []
+        expected = expected_frames(container) if self.stream.kind == "file" else None
+        if expected is not None:
+            self.frames_expected = expected
+        if truncated(stats, expected):
+            self.truncated = True
+            problems.append(f"the file ended after {stats.frames} of the {expected} frames its container announced "
+                            f"(truncated or cut off?)")
+            self.log.warning("source_truncated", frames_expected=expected, frames_decoded=stats.frames,
+                             corrupt_packets=stats.corrupt_packets, corrupt_frames=stats.corrupt_frames,
+                             hint="the file is incomplete: copy or record it again")
+        if stats.corrupt_packets or stats.corrupt_frames:
+            problems.append(f"{stats.corrupt_packets} corrupt packets skipped, {stats.corrupt_frames} frames "
+                            f"decoded with concealed errors")
+            self.log.warning("source_corrupt", corrupt_packets=stats.corrupt_packets,
+                             corrupt_frames=stats.corrupt_frames, frames_decoded=stats.frames)
+        if problems:
+            self.warning = f"stream {self.stream.name}: " + "; ".join(problems)
+
+    def _absorb(self, stats: DecodeStats) -> None:
+        self._damage.corrupt_packets += stats.corrupt_packets
+        self._damage.corrupt_frames += stats.corrupt_frames
+        self._pass = DecodeStats()
+
     def _back_off(self, reason: str) -> None:
         delay = self.backoff.next_delay()
         self._set_state(SourceState.BACKING_OFF, reason=reason, retry_in_s=round(delay, 2))
@@ -121,8 +178,9 @@ class DecoderStage(Stage):
         start_wall: float | None = None
         start_pts = 0.0
         last_pts = pts_offset
+        stats = self._pass = DecodeStats()
         for decoded in decode_frames(container, live=self.stream.is_live,
-                                     read_timeout_s=self.stream.retry.read_timeout_s):
+                                     read_timeout_s=self.stream.retry.read_timeout_s, stats=stats):
             if self.stop.is_set():
                 return False, frame_index, pts_offset
             if skip > 0:
@@ -139,6 +197,7 @@ class DecoderStage(Stage):
                 self._wait_for_space()
                 if self.stop.is_set():
                     return False, frame_index, pts_offset
+            self.ring.check_fits(decoded.image)  # before "streaming": a frame too large fails the stream
             if self.state != SourceState.STREAMING:
                 self._set_state(SourceState.STREAMING, width=decoded.image.shape[1], height=decoded.image.shape[0])
                 self.backoff.reset()
@@ -149,6 +208,7 @@ class DecoderStage(Stage):
             frame_index += 1
             last_pts = pts
             self.beat()
+        self._end_of_pass(container, stats)
         # Next loop of a looping file continues its timeline one frame after this one.
         step = 1.0 / float(container.streams.video[0].average_rate or 25)
         return True, frame_index, last_pts + step

@@ -155,6 +155,13 @@ class StreamCounters(msgspec.Struct, omit_defaults=True):
     frames_decoded: int | None = None
     reconnects: int | None = None
     last_error: str | None = None
+    # decoder, damaged sources (the stream keeps running): frames the file's container announced, packets the
+    # decoder refused (skipped), frames decoded with concealed errors, the file ended early, and what to tell
+    frames_expected: int | None = None
+    corrupt_packets: int | None = None
+    corrupt_frames: int | None = None
+    truncated: bool | None = None
+    warning: str | None = None
     frames_inferred: int | None = None
     dropped_stale: int | None = None
     dropped_overwritten: int | None = None
