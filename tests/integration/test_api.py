@@ -136,17 +136,20 @@ def test_non_loopback_bind_needs_a_token_and_checks_it(belt: Path, tmp_path: Pat
     assert TOKEN not in daemon.log_path.read_text()
 
 
-def test_preview_page_in_a_real_browser(belt: Path, tmp_path: Path, daemon_factory) -> None:
+@pytest.mark.parametrize("with_token", [False, True], ids=["open", "token"])
+def test_preview_page_in_a_real_browser(belt: Path, tmp_path: Path, daemon_factory, with_token: bool) -> None:
+    """Opened as /?token=... the page sends the token as a header to the JSON API and as ?token= for <img>."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     require(chromium is not None, "chromium is not installed (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api")
-    daemon = daemon_factory(write_config(tmp_path / "streamd.yaml", config(tmp_path, belt)))
+    extra = {"api": {"port": 0, "token": TOKEN}} if with_token else {}
+    daemon = daemon_factory(write_config(tmp_path / "streamd.yaml", config(tmp_path, belt, **extra)))
     url = daemon.wait_for("api_listening", timeout=60)["url"]
-    wait_counts(url.rstrip("/"))
+    wait_counts(url.rstrip("/"), headers={"Authorization": f"Bearer {TOKEN}"} if with_token else None)
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url)
+        page.goto(url + (f"?token={TOKEN}" if with_token else ""))
         page.wait_for_selector(".stream[data-stream='right'] td.count", timeout=30_000)
         assert sorted(page.eval_on_selector_all(".stream", "els => els.map(e => e.dataset.stream)")) == ["left", "right"]
 
@@ -161,7 +164,7 @@ def test_preview_page_in_a_real_browser(belt: Path, tmp_path: Path, daemon_facto
         # the MJPEG previews render: every <img> has decoded a frame
         page.wait_for_function("[...document.querySelectorAll('.stream img')].every(i => i.naturalWidth > 0)",
                                timeout=30_000)
-        shot = Path(os.environ.get("STREAMD_ARTIFACTS", tmp_path)) / "preview-page.png"
+        shot = Path(os.environ.get("STREAMD_ARTIFACTS", tmp_path)) / f"preview-page{'-token' if with_token else ''}.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot))
         print(f"screenshot: {shot}")
