@@ -145,6 +145,15 @@ class DaemonCollector(Collector):
                     _count(outbox_events, [sink, result], getattr(ob, result), mono)
         yield from (infer, batch, outbox_depth, outbox_age, outbox_up, outbox_events)
 
+        sink_up = GaugeMetricFamily("streamd_sink_up", "1 while the sink is open and working; 0 while it is down "
+                                    "(being re-opened with backoff).", labels=["sink"])
+        sink_dropped = CounterMetricFamily("streamd_sink_dropped", "Events a sink lost: refused while it was down "
+                                           "or not yet flushed when it failed.", labels=["sink"])
+        for sink, health in snap.get("sinks", {}).items():
+            sink_up.add_metric([sink], 1.0 if health["state"] == "up" else 0.0)
+            _count(sink_dropped, [sink], health["dropped"], mono)
+        yield from (sink_up, sink_dropped)
+
         stages_up = GaugeMetricFamily("streamd_stage_up", "1 while the stage process runs.", labels=["stage"])
         restarts = CounterMetricFamily("streamd_stage_restarts", "Stage process restarts.", labels=["stage"])
         for stage, info in snap.get("stages", {}).items():

@@ -133,7 +133,7 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
     async def streams(request: Request) -> Response:
         snap = view.snapshot
         return JSONResponse(redact_strings({"streams": snap.get("streams", {}), "stages": snap.get("stages", {}),
-                                   "reload": snap.get("reload", {})}))
+                                   "reload": snap.get("reload", {}), "sinks": snap.get("sinks", {})}))
 
     async def counts(request: Request) -> Response:
         window = request.query_params.get("window", "total")

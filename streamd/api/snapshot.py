@@ -77,7 +77,17 @@ def build(config: DaemonConfig, counters: dict[str, dict[str, Any]], fps: dict[s
             "ring": rings.get(stream.name),
         }
     return {"t": time.time(), "ready": ready, "streams": streams, "stages": stages, "reload": dict(reload_status),
-            "counters": counters, "heartbeats": heartbeats}
+            "counters": counters, "heartbeats": heartbeats, "sinks": sink_health(heartbeats)}
+
+
+def sink_health(heartbeats: dict[str, Heartbeat]) -> dict[str, dict[str, Any]]:
+    """Sink display name -> {state: up|down, error, dropped, failures, since}, from the sinks stage's heartbeat."""
+    out: dict[str, dict[str, Any]] = {}
+    for beat in heartbeats.values():
+        for name, health in (beat.sinks or {}).items():
+            out[name] = {"state": health.state, "error": _redacted(health.error), "dropped": health.dropped,
+                         "failures": health.failures, "since": health.since}
+    return out
 
 
 def _redacted(text: Any) -> Any:

@@ -193,6 +193,19 @@ class OutboxCounters(msgspec.Struct, omit_defaults=True):
     last_error: str | None = None
 
 
+class SinkHealth(msgspec.Struct, frozen=True, omit_defaults=True):
+    """State of one sink (sinks stage), keyed by the sink's display name in the heartbeat.
+
+    ``state`` is ``up`` or ``down``; a down sink is re-created with backoff and counts what it could not take.
+    """
+
+    state: str  # "up" | "down"
+    error: str | None = None  # why it is down (redacted); None while up
+    dropped: int = 0  # events this sink lost since the stage started: refused while down, or unflushed at a failure
+    failures: int = 0  # failed opens, writes, flushes and closes since the stage started
+    since: float = 0.0  # Unix time of the last change of state
+
+
 class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
     """stage -> supervisor, about once a second from the stage's main loop (so a stuck loop goes silent)."""
 
@@ -205,6 +218,7 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
     infer_hist: tuple[list[int], float] | None = None  # inference time per batch (ms)
     batch_hist: tuple[list[int], float] | None = None  # frames per batch
     outboxes: dict[str, OutboxCounters] = msgspec.field(default_factory=dict)  # sinks stage: sink name -> outbox
+    sinks: dict[str, SinkHealth] | None = None  # sinks stage: sink display name -> health
 
 
 PipelineMessage = Union[FrameReady, StreamEnd, StreamRemoved, PipelineSet, Detections, TrackedFrame, LineCrossing,

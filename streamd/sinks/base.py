@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from streamd.config.models import SinkConfig
 from streamd.ipc.messages import CountUpdate, LineCrossing, TrackedFrame, ZoneEvent
 
 SinkMessage = LineCrossing | ZoneEvent | TrackedFrame | CountUpdate
@@ -35,3 +36,16 @@ class Sink(Protocol):
         """Make everything written so far durable or delivered."""
 
     def close(self) -> None: ...
+
+    def discard(self) -> int:
+        """Give up after a failure: release what the sink holds without delivering it (never raises for what
+        is already broken) and return how many events it had accepted that are now lost."""
+
+
+def accepts(config: SinkConfig, message: SinkMessage) -> bool:
+    """Whether a sink with this config takes the message at all (its ``include_tracks``/``include_counts``)."""
+    if isinstance(message, TrackedFrame):
+        return config.include_tracks
+    if isinstance(message, CountUpdate):
+        return getattr(config, "include_counts", True)
+    return True

@@ -165,7 +165,12 @@ class MqttSink(OutboxSink):
     def __init__(self, config: MqttSinkConfig, outbox_path: Path):
         self.prefix = config.topic_prefix
         self.deliverer = MqttDeliverer(config)
-        super().__init__(config, Outbox(config.name, outbox_path, config.outbox, self.deliverer))
+        try:
+            outbox = Outbox(config.name, outbox_path, config.outbox, self.deliverer)
+        except BaseException:
+            self.deliverer.close()  # its network thread runs already: a sink that failed to open holds nothing
+            raise
+        super().__init__(config, outbox)
         self.deliverer.on_ready.append(self.outbox.target_ready)
         self.outbox.start()
 

@@ -97,8 +97,12 @@ class Outbox:
         self.log = structlog.get_logger().bind(sink=name)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect(synchronous="FULL")
-        self._db.executescript(_SCHEMA)
-        rows, size = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
+        try:
+            self._db.executescript(_SCHEMA)
+            rows, size = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
+        except BaseException:
+            self._db.close()  # e.g. not a database, or the disk is full: hold nothing, the caller retries
+            raise
         self._lock = threading.Lock()  # guards the numbers below, shared with the delivery thread
         self._depth, self._bytes = int(rows), int(size)
         self._oldest: float | None = None
@@ -121,8 +125,12 @@ class Outbox:
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         # the producer connection may be closed from another thread (parallel close); use is never concurrent
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous}")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     # --- producer side (the sinks stage's thread) -------------------------------------------------------
@@ -145,10 +153,10 @@ class Outbox:
                 self._last_full_log = now
                 self._dropped_since_log = 0
             return False
+        if len(self._pending) >= PENDING_MAX:
+            self.commit()  # before this event is accepted: a put that raises took nothing
         self._pending.append((event_id, topic, int(retain), payload, time.time()))
         self._pending_bytes += size
-        if len(self._pending) >= PENDING_MAX:
-            self.commit()
         return True
 
     def commit(self) -> None:
@@ -191,6 +199,25 @@ class Outbox:
             self.log.warning("outbox_left_for_next_start", depth=self._depth, bytes=self._bytes,
                              target_up=self.target_up, path=str(self.path))
         self._db.close()
+
+    def discard(self) -> int:
+        """After a failure (e.g. the disk is full): stop delivering now and close, without committing.
+        Committed rows stay on disk for the next open; returns the uncommitted events, which are lost."""
+        lost = len(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._stop.set()
+        self._draining.set()
+        self._wake.set()
+        self._retry_now.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        for release in (self.deliverer.close, self._db.close):
+            try:
+                release()
+            except Exception:  # already broken: what matters is that nothing is held any more
+                self.log.debug("outbox_discard_release_failed", exc_info=True)
+        return lost
 
     def target_ready(self) -> None:
         """The target is reachable again (called by a deliverer, any thread): retry now, not after the backoff."""
@@ -308,3 +335,6 @@ class OutboxSink:
 
     def close(self) -> None:
         self.outbox.close()
+
+    def discard(self) -> int:
+        return self.outbox.discard()

@@ -5,6 +5,10 @@ sink durably: written to the JSONL file, published on ZeroMQ, or committed to th
 MQTT/webhook sink. It does not wait for the broker or endpoint: a finite file may finish while a target
 is down; the daemon then keeps delivering for ``outbox.shutdown_grace_s`` on exit, and whatever is still
 queued is sent first on the next start (see docs/events.md, "Outbox").
+
+Each sink is isolated (streamd/sinks/guard.py): one that cannot be opened or fails at a write, flush or close
+is marked down in the heartbeat (``sinks``), retried with backoff and counts the events it drops; the other
+sinks go on. A down sink does not hold up "drained": its loss is counted instead.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +26,17 @@ import msgspec
 import numpy as np
 import zmq
 
-from streamd.config.models import JsonlSinkConfig, MqttSinkConfig, WebhookSinkConfig, ZmqSinkConfig
+from streamd.config.models import JsonlSinkConfig, MqttSinkConfig, SinkConfig, WebhookSinkConfig, ZmqSinkConfig
 from streamd.ipc import sockets
 from streamd.ipc.messages import OutboxCounters, StreamCounters, StreamEnd, StreamRemoved, TrackedFrame, pipeline_decoder
 from streamd.runtime.histogram import Histogram
+from streamd.redact import redact
 from streamd.runtime.stage import EXIT_OK, Stage
-from streamd.sinks.base import EVENT_TYPES, SINK_MESSAGE_TYPES, Sink
+from streamd.sinks.base import EVENT_TYPES, SINK_MESSAGE_TYPES, Sink, accepts
+from streamd.sinks.guard import DEFAULT_RETRY, GuardedSink
 from streamd.sinks.jsonl import JsonlSink
 from streamd.sinks.mqtt import MqttSink
+from streamd.sinks.outbox import OutboxSink
 from streamd.sinks.webhook import WebhookSink
 from streamd.sinks.zmq_pub import ZmqPubSink
 
@@ -52,35 +61,76 @@ def outbox_path(config: MqttSinkConfig | WebhookSinkConfig, params: dict[str, An
     return state_dir(params) / f"outbox-{config.name}.db"
 
 
+def sink_names(configs: Sequence[SinkConfig]) -> list[str]:
+    """Stable display names, in config order: mqtt/webhook ``name``, ``jsonl:<path>``, ``zmq:<endpoint>``;
+    a name taken by an earlier sink gets ``[<index>]`` appended (index in the sinks list)."""
+    names: list[str] = []
+    for index, config in enumerate(configs):
+        if isinstance(config, JsonlSinkConfig):
+            base = f"jsonl:{config.path}"
+        elif isinstance(config, ZmqSinkConfig):
+            base = f"zmq:{config.endpoint}"
+        else:
+            base = config.name
+        base = redact(base)
+        names.append(base if base not in names else f"{base}[{index}]")
+    return names
+
+
 class SinksStage(Stage):
     """params: sinks (list of sink configs), state_dir (optional: folder of the outboxes)."""
 
     def __init__(self, *args: Any):
         super().__init__(*args)
-        self.sinks: list[Sink] = []
-        self.outboxes: dict[str, MqttSink | WebhookSink] = {}
-        configs = self.spec.params["sinks"]
-        paths = [str(outbox_path(c, self.spec.params).resolve()) for c in configs
-                 if isinstance(c, (MqttSinkConfig, WebhookSinkConfig))]
-        if len(set(paths)) < len(paths):
-            raise ValueError(f"two sinks share one outbox file ({sorted(p for p in paths if paths.count(p) > 1)[0]}); "
-                             "give each mqtt/webhook sink its own `name:` or `outbox.path:`")
-        for config in configs:
-            if isinstance(config, JsonlSinkConfig):
-                self.sinks.append(JsonlSink(config))
-            elif isinstance(config, ZmqSinkConfig):
-                self.sinks.append(ZmqPubSink(config, self.ctx))
-            elif isinstance(config, (MqttSinkConfig, WebhookSinkConfig)):
-                sink_class = MqttSink if isinstance(config, MqttSinkConfig) else WebhookSink
-                sink = sink_class(config, outbox_path(config, self.spec.params))  # type: ignore[arg-type]
-                self.sinks.append(sink)
-                self.outboxes[config.name] = sink
+        self.sinks: list[GuardedSink] = []  # each sink fails, is retried and reports health on its own
+        self.outboxes: dict[str, GuardedSink] = {}  # sink name -> the guard of an mqtt/webhook sink
+        params = self.spec.params
+        configs = params["sinks"]
+        self._owners: dict[str, str] = {}  # outbox file or zmq endpoint -> the name of the sink that uses it
+        for name, config in zip(sink_names(configs), configs):
+            network = isinstance(config, (MqttSinkConfig, WebhookSinkConfig))
+            retry = config.outbox.retry if isinstance(config, (MqttSinkConfig, WebhookSinkConfig)) else DEFAULT_RETRY
+            guard = GuardedSink(name, self._factory(name, config, params), partial(accepts, config), retry=retry)
+            self.sinks.append(guard)
+            if network:
+                self.outboxes[name] = guard
         self.inbox = sockets.pull(self.ctx, self.spec.endpoints.sinks, hwm=10_000)
         self._json = msgspec.json.Encoder()
         self._latency_ms: dict[str, deque[float]] = {}
         self._latency_hist: dict[str, Histogram] = {}
         self._events: dict[str, int] = {}
         self._drained: set[str] = set()
+
+    def _factory(self, name: str, config: SinkConfig, params: dict[str, Any]) -> Callable[[], Sink]:
+        """What (re)creates the sink; an exception from it leaves the sink down until the next retry."""
+        if isinstance(config, JsonlSinkConfig):
+            return partial(JsonlSink, config)
+        if isinstance(config, ZmqSinkConfig):
+            zmq_config = config
+
+            def zmq_sink() -> Sink:
+                # a second bind of an ipc:// endpoint would silently take it over from the first sink
+                self._claim(f"endpoint {zmq_config.endpoint}", zmq_config.endpoint, name,
+                            "give each zmq sink its own `endpoint:`")
+                return ZmqPubSink(zmq_config, self.ctx)
+
+            return zmq_sink
+
+        def network_sink() -> Sink:
+            path = outbox_path(config, params)
+            self._claim(f"outbox file {path}", str(path.resolve()), name,
+                        "give each mqtt/webhook sink its own `name:` or `outbox.path:`")
+            if isinstance(config, MqttSinkConfig):
+                return MqttSink(config, path)
+            return WebhookSink(config, path)
+
+        return network_sink
+
+    def _claim(self, what: str, key: str, name: str, fix: str) -> None:
+        """The first sink to open ``key`` owns it for the stage's life; another one stays down with this error."""
+        owner = self._owners.setdefault(key, name)
+        if owner != name:
+            raise ValueError(f"{what} is already used by sink {owner!r}; {fix}")
 
     def counters(self) -> dict[str, StreamCounters]:
         out = {}
@@ -98,8 +148,12 @@ class SinksStage(Stage):
         return out
 
     def heartbeat_extra(self) -> dict[str, Any]:
-        outboxes: dict[str, OutboxCounters] = {name: sink.counters() for name, sink in self.outboxes.items()}
-        return {"outboxes": outboxes} if outboxes else {}
+        outboxes: dict[str, OutboxCounters] = {name: guard.sink.counters() for name, guard in self.outboxes.items()
+                                                if isinstance(guard.sink, OutboxSink)}  # a down sink has none
+        extra: dict[str, Any] = {"outboxes": outboxes} if outboxes else {}
+        if self.sinks:
+            extra["sinks"] = {guard.name: guard.health() for guard in self.sinks}
+        return extra
 
     def run(self) -> int:
         try:
@@ -108,6 +162,7 @@ class SinksStage(Stage):
                 if not got:
                     if self.stop.is_set():
                         return EXIT_OK
+                    self._maintain()
                     self.beat()
                     continue
                 while True:  # handle everything queued, then flush once
@@ -118,9 +173,15 @@ class SinksStage(Stage):
                     self._handle(pipeline_decoder.decode(raw))
                 for sink in self.sinks:
                     sink.flush()
+                self._maintain()
                 self.beat()
         finally:
             self._close_sinks()
+
+    def _maintain(self) -> None:
+        """Re-open the sinks that are down and due for a retry."""
+        for sink in self.sinks:
+            sink.maintain()
 
     def _close_sinks(self) -> None:
         """Close every sink; network sinks in parallel, as each may deliver for its shutdown grace time."""

@@ -87,7 +87,13 @@ class WebhookSink(OutboxSink):
     """Sink protocol around an outbox whose deliverer POSTs to one URL."""
 
     def __init__(self, config: WebhookSinkConfig, outbox_path: Path):
-        super().__init__(config, Outbox(config.name, outbox_path, config.outbox, WebhookDeliverer(config)))
+        deliverer = WebhookDeliverer(config)
+        try:
+            outbox = Outbox(config.name, outbox_path, config.outbox, deliverer)
+        except BaseException:
+            deliverer.close()
+            raise
+        super().__init__(config, outbox)
         self.outbox.start()
 
     def route(self, message: SinkMessage) -> tuple[str, bool]:
