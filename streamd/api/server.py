@@ -59,7 +59,8 @@ HIDDEN = "***"
 
 
 class DaemonView(Protocol):
-    config: DaemonConfig
+    @property
+    def config(self) -> DaemonConfig: ...
 
     @property
     def snapshot(self) -> dict[str, Any]: ...

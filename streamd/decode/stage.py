@@ -17,6 +17,7 @@ from streamd.ipc.messages import FrameReady, StreamCounters, StreamEnd, encoder
 from streamd.ipc.ring import FrameRing, FrameTooLarge
 from streamd.redact import redact
 from streamd.runtime.backoff import Backoff
+from streamd.runtime.params import DecoderParams, expect
 from streamd.runtime.stage import EXIT_FAILED, EXIT_OK, Stage
 
 NUDGE_INTERVAL_S = 0.5  # re-announce the newest frame while blocked, so a restarted consumer finds it
@@ -32,13 +33,14 @@ class SourceState(str, enum.Enum):
 
 
 class DecoderStage(Stage):
-    """params: stream (StreamConfig), ring (ring name), inference_endpoint."""
+    """params: DecoderParams (streamd/runtime/params.py)."""
 
     def __init__(self, *args: Any):
         super().__init__(*args)
-        self.stream: StreamConfig = self.spec.params["stream"]
-        self.ring = FrameRing.attach(self.spec.params["ring"])
-        self.frames_out = sockets.push(self.ctx, self.spec.params["inference_endpoint"], hwm=self.ring.n_slots * 4)
+        params = self.decoder_params = expect(self.spec.params, DecoderParams)
+        self.stream: StreamConfig = params.stream
+        self.ring = FrameRing.attach(params.ring)
+        self.frames_out = sockets.push(self.ctx, params.inference_endpoint, hwm=self.ring.n_slots * 4)
         self.state = SourceState.CONNECTING
         self.frames_decoded = 0
         self.reconnects = 0
@@ -75,7 +77,7 @@ class DecoderStage(Stage):
         max_attempts = self.stream.retry.max_attempts or (None if self.stream.is_live else FILE_DEFAULT_ATTEMPTS)
         failures = 0
         # After a restart mid-file, number frames on from the ring and skip those already written.
-        frame_index = max(self._last_written_frame_index() + 1, int(self.spec.params.get("start_frame", 0)))
+        frame_index = max(self._last_written_frame_index() + 1, self.decoder_params.start_frame)
         skip = frame_index if self.stream.is_finite else 0
         if skip:
             self.log.info("source_resume", frame=frame_index)

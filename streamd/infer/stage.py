@@ -16,10 +16,11 @@ from streamd.infer.model import load_model
 from streamd.infer.postprocess import PostprocessParams, finish
 from streamd.infer.preprocess import letterbox_into, to_tensor
 from streamd.ipc import sockets
-from streamd.ipc.messages import (Detections, FrameReady, PipelineSet, StreamCounters, StreamEnd, StreamRemoved, encoder,
+from streamd.ipc.messages import (Detections, FrameReady, Reconfigure, StreamCounters, StreamEnd, StreamRemoved, encoder,
                                   pipeline_decoder)
 from streamd.ipc.ring import FrameRing
 from streamd.runtime.histogram import BATCH_SIZE_BUCKETS, Histogram
+from streamd.runtime.params import InferenceParams, expect, params_from_json
 from streamd.runtime.stage import EXIT_OK, Stage
 
 
@@ -33,19 +34,17 @@ class _StreamState:
 
 
 class InferenceStage(Stage):
-    """params: model, adapter, input_size, labels, preprocess (overrides dict, optional), inference (InferenceConfig),
-    postprocess ({pipeline name: PostprocessParams}), model_key."""
+    """params: InferenceParams (streamd/runtime/params.py); thresholds per pipeline can change live."""
 
     def __init__(self, *args: Any):
         super().__init__(*args)
-        p = self.spec.params
-        cfg = p["inference"]
-        self.model = load_model(p["model"], p["adapter"], p["input_size"], p["labels"], cfg.providers,
-                                cfg.intra_op_threads, cfg.inter_op_threads, cfg.spin, p.get("preprocess"))
+        p = self.inference_params = expect(self.spec.params, InferenceParams)
+        cfg = p.inference
+        self.model = load_model(p.model, p.adapter, p.input_size, p.labels, cfg.providers,
+                                cfg.intra_op_threads, cfg.inter_op_threads, cfg.spin, p.preprocess)
         self.model.warm_up()
-        self.postprocess: dict[str, PostprocessParams] = p["postprocess"]
         self.batcher = Batcher(cfg.max_batch, cfg.max_wait_ms / 1000.0)
-        self.frames_in = sockets.pull(self.ctx, self.spec.endpoints.inference(p["model_key"]), hwm=10_000)
+        self.frames_in = sockets.pull(self.ctx, self.spec.endpoints.inference(p.model_key), hwm=10_000)
         self.detections_out = sockets.push(self.ctx, self.spec.endpoints.analytics, hwm=1000)
         h, w = self.model.input_hw
         self._pixels = np.zeros((cfg.max_batch, h, w, 3), self.model.adapter.preprocess.pixel_dtype)
@@ -57,13 +56,13 @@ class InferenceStage(Stage):
         self._infer_ms: deque[float] = deque(maxlen=200)
         self._infer_hist = Histogram()
         self._batch_hist = Histogram(BATCH_SIZE_BUCKETS)
-        self.log.info("inference_ready", model=p["model"], adapter=self.model.adapter.name,
+        self.log.info("inference_ready", model=p.model, adapter=self.model.adapter.name,
                       input=list(self.model.input_hw), providers=self.model.providers,
                       static_batch=self.model.info.static_batch, classes=len(self.model.names))
         if cfg.max_batch > 1 and self.model.info.metadata.get("streamd_precision") == "int8-dynamic":
             # Dynamic quantisation picks one activation scale per tensor, batch included: a stream's detections
             # would shift with whatever other streams share its batch.
-            self.log.warning("batch_dependent_model", model=p["model"], max_batch=cfg.max_batch,
+            self.log.warning("batch_dependent_model", model=p.model, max_batch=cfg.max_batch,
                              fix="use the static INT8 (QDQ) or FP16 variant, or inference.max_batch: 1")
 
     def counters(self) -> dict[str, StreamCounters]:
@@ -112,6 +111,8 @@ class InferenceStage(Stage):
                 return
             msg = pipeline_decoder.decode(raw)
             if isinstance(msg, FrameReady):
+                if msg.pipeline not in self.inference_params.postprocess:
+                    continue  # not ours yet: the frame stays in the ring until a Reconfigure names its pipeline
                 state = self._stream(msg.stream, msg.ring, msg.pipeline)
                 if state is not None:
                     # A stream new to this process starts after what the previous process released.
@@ -123,9 +124,17 @@ class InferenceStage(Stage):
                     self.batcher.offer(msg.stream, msg.last_seq, None, now, first_unseen=state.ring.released_seq + 1)
             elif isinstance(msg, StreamRemoved):
                 self._remove(msg)
-            elif isinstance(msg, PipelineSet):
-                self.postprocess[msg.name] = PostprocessParams(**msg.postprocess)
-                self.log.info("pipeline_set", pipeline=msg.name)
+            elif isinstance(msg, Reconfigure):
+                self._reconfigure(msg)
+
+    def _reconfigure(self, msg: Reconfigure) -> None:
+        params = params_from_json(InferenceParams, msg.params)
+        if params.model_key != self.inference_params.model_key:
+            self.log.error("reconfigure_refused", reason="parameters of another model", model_key=params.model_key)
+            return
+        if params != self.inference_params:
+            self.params = self.inference_params = params
+            self.log.info("reconfigured", pipelines=sorted(params.postprocess), config_hash=self.config_hash())
 
     def _remove(self, msg: StreamRemoved) -> None:
         """A reload removed or restarted the stream: let go of its ring (the supervisor unlinks it) and tell
@@ -192,7 +201,7 @@ class InferenceStage(Stage):
         self._batch_hist.observe(n)
         for i, (item, meta, transform) in enumerate(zip(items, metas, transforms)):
             state = self.streams[item.stream]
-            params = self.postprocess.get(state.pipeline, PostprocessParams())
+            params = self.inference_params.postprocess.get(state.pipeline, PostprocessParams())
             dets = finish(self.model.adapter.decode(outputs, i, params.confidence), params, transform,
                           meta.width, meta.height)
             msg = Detections(

@@ -138,14 +138,14 @@ class StreamRemoved(msgspec.Struct, frozen=True, tag="removed"):
     ring: str
 
 
-class PipelineSet(msgspec.Struct, frozen=True, tag="pipeline"):
-    """supervisor -> inference and analytics: a reload added or changed a pipeline. ``config`` is the
-    PipelineConfig as JSON; ``postprocess`` the resolved PostprocessParams fields."""
+class Reconfigure(msgspec.Struct, frozen=True, tag="reconfigure"):
+    """supervisor -> a running inference or analytics stage: run these parameters from now on (the stage's
+    typed params as JSON, streamd/runtime/params.py). Idempotent: the supervisor resends it until the stage's
+    heartbeat reports ``config_hash``; a lost message only delays the change."""
 
-    name: str
-    config: bytes
-    class_names: list[str]
-    postprocess: dict[str, Any]
+    stage: str
+    params: bytes
+    config_hash: str
 
 
 class StreamCounters(msgspec.Struct, omit_defaults=True):
@@ -219,9 +219,11 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
     batch_hist: tuple[list[int], float] | None = None  # frames per batch
     outboxes: dict[str, OutboxCounters] = msgspec.field(default_factory=dict)  # sinks stage: sink name -> outbox
     sinks: dict[str, SinkHealth] | None = None  # sinks stage: sink display name -> health
+    config_hash: str = ""  # digest of the parameters the stage runs now (streamd/runtime/params.py)
+    fatal_error: str | None = None  # last words of a stage that is exiting because of an error
 
 
-PipelineMessage = Union[FrameReady, StreamEnd, StreamRemoved, PipelineSet, Detections, TrackedFrame, LineCrossing,
+PipelineMessage = Union[FrameReady, StreamEnd, StreamRemoved, Reconfigure, Detections, TrackedFrame, LineCrossing,
                         ZoneEvent, CountUpdate]
 
 encoder = msgspec.msgpack.Encoder()

@@ -30,6 +30,7 @@ from streamd.config.models import JsonlSinkConfig, MqttSinkConfig, SinkConfig, W
 from streamd.ipc import sockets
 from streamd.ipc.messages import OutboxCounters, StreamCounters, StreamEnd, StreamRemoved, TrackedFrame, pipeline_decoder
 from streamd.runtime.histogram import Histogram
+from streamd.runtime.params import SinksParams, expect
 from streamd.redact import redact
 from streamd.runtime.stage import EXIT_OK, Stage
 from streamd.sinks.base import EVENT_TYPES, SINK_MESSAGE_TYPES, Sink, accepts
@@ -43,19 +44,19 @@ from streamd.sinks.zmq_pub import ZmqPubSink
 LATENCY_WINDOW = 1000  # frames per stream kept for the p50/p99 report
 
 
-def state_dir(params: dict[str, Any]) -> Path:
+def state_dir(params: SinksParams) -> Path:
     """Where outboxes live unless a sink names its own file: the daemon's state directory.
 
-    ``params["state_dir"]`` when the supervisor passes one, else systemd's $STATE_DIRECTORY (first entry),
+    ``params.state_dir`` when the supervisor passes one, else systemd's $STATE_DIRECTORY (first entry),
     else ./state (the daemon's working directory).
     """
-    if params.get("state_dir"):
-        return Path(params["state_dir"])
+    if params.state_dir:
+        return Path(params.state_dir)
     systemd_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(systemd_dir) if systemd_dir else Path("state")
 
 
-def outbox_path(config: MqttSinkConfig | WebhookSinkConfig, params: dict[str, Any]) -> Path:
+def outbox_path(config: MqttSinkConfig | WebhookSinkConfig, params: SinksParams) -> Path:
     if config.outbox.path:
         return Path(config.outbox.path)
     return state_dir(params) / f"outbox-{config.name}.db"
@@ -78,14 +79,14 @@ def sink_names(configs: Sequence[SinkConfig]) -> list[str]:
 
 
 class SinksStage(Stage):
-    """params: sinks (list of sink configs), state_dir (optional: folder of the outboxes)."""
+    """params: SinksParams (streamd/runtime/params.py)."""
 
     def __init__(self, *args: Any):
         super().__init__(*args)
         self.sinks: list[GuardedSink] = []  # each sink fails, is retried and reports health on its own
         self.outboxes: dict[str, GuardedSink] = {}  # sink name -> the guard of an mqtt/webhook sink
-        params = self.spec.params
-        configs = params["sinks"]
+        params = expect(self.spec.params, SinksParams)
+        configs = params.sinks
         self._owners: dict[str, str] = {}  # outbox file or zmq endpoint -> the name of the sink that uses it
         for name, config in zip(sink_names(configs), configs):
             network = isinstance(config, (MqttSinkConfig, WebhookSinkConfig))
@@ -101,7 +102,7 @@ class SinksStage(Stage):
         self._events: dict[str, int] = {}
         self._drained: set[str] = set()
 
-    def _factory(self, name: str, config: SinkConfig, params: dict[str, Any]) -> Callable[[], Sink]:
+    def _factory(self, name: str, config: SinkConfig, params: SinksParams) -> Callable[[], Sink]:
         """What (re)creates the sink; an exception from it leaves the sink down until the next retry."""
         if isinstance(config, JsonlSinkConfig):
             return partial(JsonlSink, config)

@@ -270,11 +270,23 @@ def test_a_silent_stage_is_killed_and_restarted(media: Path, tmp_path: Path, dae
 
 
 def test_crash_loop_stops_restarting_and_exits_non_zero(media: Path, tmp_path: Path, daemon_factory) -> None:
-    config = traffic_config(media, tmp_path, supervisor={
+    streams = [{"name": "highway", "url": str(media / "videos/Traffic.mp4"), "pipeline": "traffic",
+                "realtime": True, "loop": True}]
+    config = traffic_config(media, tmp_path, streams=streams, supervisor={
         "restart": {"initial_s": 0.1, "max_s": 0.2}, "crash_loop_restarts": 3, "crash_loop_window_s": 60})
-    config["sinks"] = [{"type": "jsonl", "path": "/proc/streamd-cannot-write-here/events.jsonl"}]
     daemon = daemon_factory(write_config(tmp_path / "streamd.yaml", config))
-    assert daemon.wait(120) == 1
+    killed: set[int] = set()
+    deadline = time.monotonic() + 120
+    while daemon.proc.poll() is None and time.monotonic() < deadline:  # a core stage that keeps dying
+        for started in daemon.find("stage_started", stage="sinks"):
+            if started["pid"] not in killed:
+                killed.add(started["pid"])
+                try:
+                    os.kill(started["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.1)
+    assert daemon.wait(30) == 1
     loop = daemon.find("stage_crash_loop", stage="sinks")
     assert loop and loop[-1]["crashes"] == 3
     assert len(daemon.find("stage_started", stage="sinks")) == 3  # the first start and two restarts

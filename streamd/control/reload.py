@@ -1,0 +1,273 @@
+"""Applies a changed config beside the watch loop, all or nothing.
+
+A reload goes through phases; only the first runs in a thread, the rest are short steps the watch loop takes
+on each tick, so heartbeats, the systemd watchdog, /healthz and the untouched streams never wait for it:
+
+1. prepare (worker thread): read and validate the file, diff it against the running config, load every new or
+   changed pipeline's model (seconds to minutes). Any error rejects the reload; nothing has changed yet.
+2. models: start an inference stage for each new model and wait until it is ready. A stage that fails or does
+   not become ready rejects the reload: the new stages are stopped, the running config stays.
+3. commit: the new config becomes the running state; removed and changed streams stop; analytics and inference
+   are reconfigured (the supervisor resends until their heartbeats report the new config hash).
+4. streams: once the shared stages run the new config, the added and changed streams start.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from streamd.analytics.store import CountStore
+from streamd.config.diff import ConfigDiff, diff_configs
+from streamd.config.loader import LoadedConfig, load_config
+from streamd.config.models import DaemonConfig
+from streamd.control.pipelines import ResolvedPipeline, resolve_pipeline, source_key
+from streamd.control.specs import RunningState
+from streamd.errors import ConfigError, ModelError
+from streamd.redact import redact
+
+log = structlog.get_logger()
+
+MODEL_READY_TIMEOUT_S = 180.0  # a new model's inference stage must be ready within this (loading + warm-up)
+SYNC_TIMEOUT_S = 30.0  # start the new streams anyway if a shared stage has not confirmed its new config by then
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    config: DaemonConfig  # the new config, with the sections a reload cannot change kept at their running values
+    change: ConfigDiff
+    resolved: dict[str, ResolvedPipeline]  # new, changed or retried pipelines whose model loaded
+    still_failing: dict[str, str]  # unchanged pipelines that failed before and fail again: their streams wait
+    stop: list[str]  # streams to stop (removed, changed, or failed and retried)
+    start: list[str]  # streams to start once the shared stages run the new config
+    start_frames: dict[str, int] = field(default_factory=dict)  # retried files resume after their checkpoint
+
+    @property
+    def empty(self) -> bool:
+        return self.change.empty and not self.start and not self.stop
+
+
+class ReloadRejected(Exception):
+    pass
+
+
+def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running: set[str],
+            streams_finished: set[str]) -> ReloadPlan:
+    """Phase 1 (any thread; reads nothing the watch loop changes). Raises ConfigError or ModelError."""
+    loaded = load_config(path)
+    change = diff_configs(running, loaded.config)
+    new = loaded.config.model_copy(update={k: getattr(running, k) for k in change.needs_restart})
+    active = {s.name: s for s in new.active_streams}
+    changed = set(change.added) | set(change.restarted)
+    # streams that should run but do not (their model failed, their ring could not be made, their source
+    # failed): retried on every reload
+    retried = sorted(n for n in active if n not in changed and n not in streams_running and n not in streams_finished)
+    wanted = {active[n].pipeline for n in [*changed, *retried]}
+    resolved: dict[str, ResolvedPipeline] = {}
+    still_failing: dict[str, str] = {}
+    for name in sorted(set(change.pipelines_changed) | {p for p in wanted if p not in usable}):
+        try:
+            resolved[name] = resolve_pipeline(name, new.pipelines[name])
+        except ModelError as exc:
+            if name in change.pipelines_changed:
+                raise
+            still_failing[name] = str(exc)
+    start = sorted(n for n in [*changed, *retried] if active[n].pipeline not in still_failing)
+    stop = sorted(set(change.removed) | set(change.restarted) | set(retried))
+    start_frames = {}
+    retried_files = [n for n in retried if active[n].is_finite and n in start]
+    if retried_files:
+        store = CountStore(new.counts.path)
+        try:
+            start_frames = {n: store.resume_frame(n, source_key(active[n])) for n in retried_files}
+        finally:
+            store.close()
+    return ReloadPlan(config=new, change=change, resolved=resolved, still_failing=still_failing, stop=stop,
+                      start=start, start_frames=start_frames)
+
+
+class StageControl(Protocol):
+    """What the reload controller needs from the daemon (kept narrow so the controller can be tested alone)."""
+
+    def add_inference(self, model_key: str) -> str: ...
+    def inference_stages(self) -> dict[str, str]: ...  # model key -> stage name
+    def stage_state(self, name: str) -> tuple[str, bool, str | None]: ...  # (state, ready, last error)
+    def retire(self, name: str) -> None: ...
+    def stop_stream(self, name: str) -> None: ...
+    def start_stream(self, name: str, start_frame: int) -> None: ...  # creates the ring (the decoder comes later)
+    def spawn_decoder(self, name: str) -> None: ...
+    def refresh_shared(self) -> list[str]: ...  # reconfigure analytics + inference; returns their stage names
+    def is_current(self, name: str) -> bool: ...
+    def stop_unused_inference(self) -> None: ...
+
+
+class ReloadController:
+    def __init__(self, path: Path, state: RunningState, stages: StageControl,
+                 notify: Callable[[str], None] | None = None):
+        self.path = path
+        self.state = state
+        self.stages = stages
+        self._notify = notify or (lambda _phase: None)
+        self._requested: str | None = None
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._prepared: ReloadPlan | BaseException | None = None
+        self._reason = ""
+        self._phase = "idle"  # idle | preparing | models | syncing
+        self._plan: ReloadPlan | None = None
+        self._waiting: list[str] = []  # stage names the current phase waits for
+        self._new_stages: dict[str, str] = {}  # model key -> inference stage this reload started
+        self._deadline = 0.0
+        self._started_at = 0.0
+        self.status: dict[str, Any] = {"ok": True, "reloads": 0, "failures": 0, "in_progress": False}
+
+    @property
+    def busy(self) -> bool:
+        return self._phase != "idle"
+
+    def request(self, reason: str) -> None:
+        """Thread- and signal-safe; a request during a reload runs once that one is done."""
+        self._requested = reason
+
+    def tick(self, now: float) -> None:
+        if self._phase == "idle" and self._requested:
+            self._begin(now)
+        elif self._phase == "preparing" and self._worker is not None and not self._worker.is_alive():
+            self._after_prepare(now)
+        elif self._phase == "models":
+            self._check_models(now)
+        elif self._phase == "syncing":
+            self._check_sync(now)
+
+    # --- phases --------------------------------------------------------------------------------------
+
+    def _begin(self, now: float) -> None:
+        with self._lock:
+            self._reason, self._requested = self._requested or "signal", None
+        self._phase, self._started_at, self._prepared = "preparing", now, None
+        self.status["in_progress"] = True
+        state = self.state
+        args = (self.path, state.config, set(state.pipelines), {e.config.name for e in state.streams.running()},
+                {e.config.name for e in state.streams if e.finished})
+
+        def work() -> None:
+            try:
+                self._prepared = prepare(*args)
+            except BaseException as exc:  # reported as a rejected reload, whatever it is
+                self._prepared = exc
+
+        self._worker = threading.Thread(target=work, name="reload-prepare", daemon=True)
+        self._worker.start()
+
+    def _after_prepare(self, now: float) -> None:
+        result, self._worker = self._prepared, None
+        if isinstance(result, BaseException):
+            if isinstance(result, (ConfigError, ModelError)):
+                self._reject(str(result))
+            else:
+                log.exception("reload_crashed", exc_info=result)
+                self._reject(f"reload failed: {type(result).__name__}: {redact(str(result))}")
+            return
+        assert result is not None
+        plan = self._plan = result
+        if plan.empty:
+            self._finish_status(ok=True, changes={})
+            log.info("reload_no_change", reason=self._reason)
+            return
+        self.state.staged = dict(plan.resolved)
+        existing = self.stages.inference_stages()
+        new_keys = sorted({p.model_key for p in plan.resolved.values()} - set(existing))
+        self._new_stages = {key: self.stages.add_inference(key) for key in new_keys}
+        self._waiting = list(self._new_stages.values())
+        self._phase, self._deadline = "models", now + MODEL_READY_TIMEOUT_S
+        self._check_models(now)
+
+    def _check_models(self, now: float) -> None:
+        pending = []
+        for name in self._waiting:
+            state, ready, error = self.stages.stage_state(name)
+            if state in ("failed", "backing_off", "finished", "missing"):
+                key = next(k for k, n in self._new_stages.items() if n == name)
+                pipelines = sorted(n for n, p in self.state.staged.items() if p.model_key == key)
+                self._abort(f"pipeline {', '.join(pipelines)}: the inference stage for its model did not start "
+                            f"({state}): {error or 'see the stage_crashed log line'}")
+                return
+            if not ready:
+                pending.append(name)
+        self._waiting = pending
+        if pending and now > self._deadline:
+            self._abort(f"the inference stages {pending} were not ready within {MODEL_READY_TIMEOUT_S:.0f} s "
+                        "(model loading and warm-up); the running config stays")
+            return
+        if not pending:
+            self._commit(now)
+
+    def _commit(self, now: float) -> None:
+        plan, state = self._plan, self.state
+        assert plan is not None
+        self._notify("reloading")
+        for name in plan.stop:
+            self.stages.stop_stream(name)
+        state.config = plan.config
+        state.pipelines.update(state.staged)
+        state.staged = {}
+        for name in plan.resolved:
+            state.pipeline_errors.pop(name, None)
+        state.pipeline_errors.update(plan.still_failing)
+        for name, error in plan.still_failing.items():
+            for stream in plan.config.active_streams:
+                if stream.pipeline == name:
+                    state.streams.not_started[stream.name] = error
+        used = {s.pipeline for s in plan.config.active_streams}
+        for name in [n for n in state.pipelines if n not in used]:
+            del state.pipelines[name]
+        for name in plan.start:
+            self.stages.start_stream(name, plan.start_frames.get(name, 0))
+        self._waiting = self.stages.refresh_shared()
+        self._phase, self._deadline = "syncing", now + SYNC_TIMEOUT_S
+        self._check_sync(now)
+
+    def _check_sync(self, now: float) -> None:
+        self._waiting = [n for n in self._waiting if not self.stages.is_current(n)]
+        if self._waiting and now < self._deadline:
+            return
+        if self._waiting:
+            log.warning("reload_config_unconfirmed", stages=self._waiting,
+                        action="starting the new streams anyway; the supervisor keeps resending")
+        plan = self._plan
+        assert plan is not None
+        for name in plan.start:
+            if name in self.state.streams:
+                self.stages.spawn_decoder(name)
+        self.stages.stop_unused_inference()
+        self._notify("ready")
+        summary = plan.change.summary()
+        if plan.start:
+            summary = {**summary, "started": plan.start}
+        self._finish_status(ok=True, changes=summary, reloads=self.status["reloads"] + 1)
+        log.info("reload_applied", reason=self._reason, seconds=round(now - self._started_at, 2), **summary)
+        if plan.change.needs_restart:
+            log.warning("reload_needs_restart", sections=plan.change.needs_restart,
+                        action="these settings keep their running values until streamd restarts")
+
+    def _abort(self, error: str) -> None:
+        for name in self._new_stages.values():
+            self.stages.retire(name)
+        self.state.staged = {}
+        self._reject(error)
+
+    def _reject(self, error: str) -> None:
+        error = redact(error)
+        self._finish_status(ok=False, error=error, failures=self.status["failures"] + 1)
+        log.error("reload_rejected", reason=self._reason, error=error, action="still running the previous config")
+
+    def _finish_status(self, ok: bool, **fields: Any) -> None:
+        self.status = {**self.status, "error": None, **fields, "ok": ok, "reason": self._reason, "at": time.time(),
+                       "in_progress": False}
+        self._phase, self._plan, self._waiting, self._new_stages = "idle", None, [], {}
