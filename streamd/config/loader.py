@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ MAX_YAML_DEPTH = 50
 """Deepest nesting of lists and mappings in one file."""
 MAX_PROBLEMS = 50
 """Problems listed in one ConfigError; the rest are counted."""
+
+_TOO_DEEP = f"lists and mappings nested deeper than {MAX_YAML_DEPTH} levels; a streamd config needs fewer than 10"
 
 # libyaml's parser and composer when present (several times faster than the pure-Python ones)
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -106,14 +109,17 @@ def _event_line(event: yaml.Event) -> int:
     return event.start_mark.line + 1 if event.start_mark is not None else 1
 
 
-def _parse(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
-    """Compose and construct one YAML document; every way that can fail becomes a ConfigError."""
+def _parse(path: Path, text: str, on_node: Callable[[yaml.Node], None]) -> Any:
+    """Compose one YAML document, pass its node tree to ``on_node``, construct it; every failure is a ConfigError."""
     try:
         _check_expansion(path, text)
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
+            if node is None:
+                return None
+            on_node(node)
+            data = loader.construct_document(node)
         finally:
             loader.dispose()
     except yaml.reader.ReaderError as exc:
@@ -127,12 +133,14 @@ def _parse(path: Path, text: str) -> tuple[yaml.Node | None, Any]:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if "maximum nesting depth" in problem:  # libyaml's own limit (1000), met while scanning ahead
+            raise ConfigError([f"{path}{line}: {_TOO_DEEP}"]) from None
         raise ConfigError([f"{path}{line}: YAML syntax error: {problem}; check indentation and quoting"]) from None
     except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
         # a scalar that matches a YAML type but cannot be built (2024-13-45, an int of 5000 digits)
         raise ConfigError([f"{path}: a value cannot be read: {redact(str(exc))[:200]}; check dates, numbers and "
                            f"!!tags, or quote the value to keep it a string"]) from None
-    return node, data
+    return data
 
 
 def _check_expansion(path: Path, text: str) -> None:
@@ -152,8 +160,7 @@ def _check_expansion(path: Path, text: str) -> None:
                 open_nodes.append((count, event.anchor))
                 count += 1
                 if len(open_nodes) > MAX_YAML_DEPTH:
-                    raise ConfigError([f"{path}:{_event_line(event)}: lists and mappings nested deeper than "
-                                       f"{MAX_YAML_DEPTH} levels; a streamd config needs fewer than 10"])
+                    raise ConfigError([f"{path}:{_event_line(event)}: {_TOO_DEEP}"])
             elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 start, anchor = open_nodes.pop()
                 if anchor is not None:
@@ -183,9 +190,8 @@ class _Document:
         self.path = path
         self.where: dict[Loc, Where] = {}
         self.problems: list[str] = []
-        node, data = _parse(path, _read_text(path))
-        if node is not None:
-            self._index(node, ())
+        # indexed before construction, which rewrites merge keys (<<: *base) into the mapping's own keys
+        data = _parse(path, _read_text(path), lambda node: self._index(node, ()))
         self.data = self._substitute(data, (), env)
 
     def _index(self, node: yaml.Node, loc: Loc) -> None:
@@ -379,12 +385,13 @@ def _describe(err: Any, data: Any, main: _Document, docs: dict[str, _Document]) 
         message = "required key is missing"
     got = err.get("input")
     suffix = ""
-    if err["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
-        if any(part in SECRET_FIELDS for part in parts):
-            suffix = " (value hidden)"  # a password or token, whatever its type or length, is never echoed
-        else:
-            shown = redact(repr(got))
-            suffix = f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+    if err["type"] in ("missing", "extra_forbidden"):
+        pass
+    elif any(part in SECRET_FIELDS for part in parts):
+        suffix = " (value hidden)"  # a password or token, whatever its type or length, is never echoed
+    elif not isinstance(got, (dict, list)):
+        shown = redact(repr(got))
+        suffix = f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
     return f"{doc.line_of(doc_loc)}: {_dotted(tuple(loc))}: {message}{suffix}"
 
 

@@ -338,7 +338,8 @@ class CountsConfig(Strict):
     @classmethod
     def _zone(cls, value: str) -> str:
         if not _is_zone(value):
-            close = get_close_matches(value, _zone_names(), n=3, cutoff=0.6)
+            same = [name for name in _zone_names() if name.lower() == value.lower()]
+            close = same or get_close_matches(value, _zone_names(), n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise ValueError(f"{value!r} is not an IANA time zone; {hint}use a name such as UTC, Europe/Berlin or "
                              "America/New_York (`python -c 'import zoneinfo; print(zoneinfo.available_timezones())'`)")
