@@ -6,7 +6,8 @@ import re
 
 # A URL runs from its scheme to the first whitespace or quote. Its userinfo ends at the LAST '@' of the URL,
 # not at the first '/', ':' or '@': a password such as Pa55@w/rd or a:b%2F is hidden whole (over-hiding a
-# path that holds an '@' is the safe mistake). user:password -> user:***, a bare token@ -> ***@.
+# path that holds an '@' is the safe mistake). user:password -> user:***, a bare token@ -> ***@, and
+# so is anything whose "user" part holds / @ ? or #.
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://(?P<rest>[^\s'\"<>`]*)")
 # Secret-looking query parameters, anywhere in the query (after ? & or ;), any case: api_key, apikey,
 # access_token, refresh_token, client_secret, sig, signature, X-Amz-Signature, X-Amz-Security-Token, ...
@@ -30,7 +31,10 @@ def redact(text: str) -> str:
         if at < 0:
             continue
         colon = rest.find(":", 0, at)
-        spans.append((base + colon + 1 if colon >= 0 else base, base + at))
+        if colon >= 0 and not any(c in rest[:colon] for c in "/@?#"):
+            spans.append((base + colon + 1, base + at))  # a plain user name stays readable
+        else:
+            spans.append((base, base + at))  # a token, or a "user" that holds part of a secret
     for m in _SECRET_QUERY.finditer(text):
         spans.append((m.start("value"), m.end("value")))
     if not spans:

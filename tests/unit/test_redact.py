@@ -55,3 +55,45 @@ def test_password_with_reserved_characters_is_fully_hidden(url: str) -> None:
     out = redact(url)
     assert "ss" not in out.replace("10.0.0.1/s", ""), out
     assert out.endswith("@10.0.0.1/s")
+
+
+# --- issue 19 item 7: any character in a password, secrets anywhere in a query -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("rtsp://admin:Pa55@w/rd@host/y", "rtsp://admin:***@host/y"),  # '@' and '/' in the password
+        ("rtsp://admin:a:b:c@h/x", "rtsp://admin:***@h/x"),  # ':' in the password
+        ("rtsp://admin:50%25off%2F@h/x", "rtsp://admin:***@h/x"),  # '%' and percent-encoded '/'
+        ("rtsp://admin:p/q?r#s@h/x", "rtsp://admin:***@h/x"),
+        ("rtsp://dom/user:pw@h/x", "rtsp://***@h/x"),  # a '/' before the ':': all of it may be secret
+        ("error: 'rtsp://u:Pa55@w/rd@h/x' failed", "error: 'rtsp://u:***@h/x' failed"),  # quoted, as in a repr
+        ("https://h/x?api_key=k1&apikey=k2&access_token=k3", "https://h/x?api_key=***&apikey=***&access_token=***"),
+        ("https://h/x?a=1&sig=k4&Signature=k5&X-Amz-Signature=k6&b=2",
+         "https://h/x?a=1&sig=***&Signature=***&X-Amz-Signature=***&b=2"),
+        ("https://h/x?AUTH=k7&Key=k8&x-amz-security-token=k9", "https://h/x?AUTH=***&Key=***&x-amz-security-token=***"),
+        ("https://h/x?client_secret=k10#frag", "https://h/x?client_secret=***#frag"),
+        ("https://h/x?sig=a@b", "https://***"),  # an '@' inside a secret: hide more, never less
+        ("https://h/x?monkey=1&keyboard=2", "https://h/x?monkey=1&keyboard=2"),  # names that only contain 'key'
+    ],
+)
+def test_issue_19_forms(text: str, expected: str) -> None:
+    assert redact(text) == expected
+    assert redact(expected) == expected
+
+
+SECRET = "Zq7/x@y:w%25v"  # one distinctive secret with every character that broke redaction
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["rtsp://admin:{s}@cam.local:554/live", "rtsp://{s}@cam.local/live", "https://h/hook?api_key={s}",
+     "https://h/hook?x=1&access_token={s}&y=2", "https://h/hook?X-Amz-Signature={s}", "https://u:{s}@h/x?token={s}"],
+)
+def test_one_secret_in_every_url_form_never_survives(template: str) -> None:
+    text = f"opening {template.format(s=SECRET)} failed; retrying"
+    out = redact(text)
+    for part in ("Zq7", "x@y", "w%25v"):
+        assert part not in out, out
+    assert out.startswith("opening ") and out.endswith(" failed; retrying")
