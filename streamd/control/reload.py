@@ -136,14 +136,18 @@ class ReloadController:
         self._requested = reason
 
     def tick(self, now: float) -> None:
-        if self._phase == "idle" and self._requested:
-            self._begin(now)
-        elif self._phase == "preparing" and self._worker is not None and not self._worker.is_alive():
-            self._after_prepare(now)
-        elif self._phase == "models":
-            self._check_models(now)
-        elif self._phase == "syncing":
-            self._check_sync(now)
+        try:
+            if self._phase == "idle" and self._requested:
+                self._begin(now)
+            elif self._phase == "preparing" and self._worker is not None and not self._worker.is_alive():
+                self._after_prepare(now)
+            elif self._phase == "models":
+                self._check_models(now)
+            elif self._phase == "syncing":
+                self._check_sync(now)
+        except Exception as exc:  # a bug here must not end the daemon: report it like a rejected reload
+            log.exception("reload_crashed", phase=self._phase)
+            self._abort(f"reload failed in phase {self._phase}: {type(exc).__name__}: {exc}")
 
     # --- phases --------------------------------------------------------------------------------------
 

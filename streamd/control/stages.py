@@ -52,6 +52,7 @@ class Stages:
         self.supervisor.retire(name)
 
     def refresh_shared(self) -> list[str]:
+        self.stop_unused_inference()
         names = [*self.supervisor.names("analytics"), *self.supervisor.names("inference")]
         for name in names:
             self.supervisor.refresh(name)

@@ -122,7 +122,12 @@ class Supervisor:
         return spec.name
 
     def _spawn(self, handle: StageHandle, spec: StageSpec | None = None) -> None:
-        handle.spec = spec or handle.factory()
+        try:
+            handle.spec = spec or handle.factory()
+        except Exception as exc:  # what it ran is gone from the config (a bug elsewhere): do not retry
+            handle.state, handle.last_error = "failed", f"cannot build its spec: {type(exc).__name__}: {exc}"
+            log.error("stage_failed", stage=handle.name, error=handle.last_error)
+            return
         handle.desired = None
         if handle.heartbeat is not None:
             self._carry(handle, handle.heartbeat)
@@ -139,7 +144,11 @@ class Supervisor:
         handle = self._stages.get(name)
         if handle is None:
             return
-        desired = handle.factory()
+        try:
+            desired = handle.factory()
+        except Exception as exc:
+            log.error("stage_refresh_failed", stage=name, error=f"{type(exc).__name__}: {exc}")
+            return
         handle.desired = desired if desired.config_hash != handle.spec.config_hash else None
         handle.reconfigured_at = 0.0
         self._reconcile(handle, time.monotonic())
