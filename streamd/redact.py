@@ -8,7 +8,9 @@ import re
 # not at the first '/', ':' or '@': a password such as Pa55@w/rd or a:b%2F is hidden whole (over-hiding a
 # path that holds an '@' is the safe mistake). user:password -> user:***, a bare token@ -> ***@, and
 # so is anything whose "user" part holds / @ ? or #.
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://(?P<rest>[^\s'\"<>`]*)")
+# (Only the character before "://" is looked at: matching the whole scheme would make a long run of letters
+# quadratic to scan.)
+_URL = re.compile(r"(?<=[a-zA-Z0-9+.\-])://(?P<rest>[^\s'\"<>`]*)")
 # Secret-looking query parameters, anywhere in the query (after ? & or ;), any case: api_key, apikey,
 # access_token, refresh_token, client_secret, sig, signature, X-Amz-Signature, X-Amz-Security-Token, ...
 _SECRET_NAME = (r"(?:[a-z0-9]+[_.\-])*(?:api_?key|access_?token|token|sig|signature|password|passwd|pwd|secret|key|"

@@ -230,7 +230,9 @@ class _Document:
                 )
                 return ""
 
-            return _ENV.sub(_replace, value)
+            # no ${...} can end after the last '}': scanning there would be quadratic in hostile values
+            end = value.rfind("}") + 1
+            return _ENV.sub(_replace, value[:end]) + value[end:]
         return value
 
     def line_of(self, loc: Loc) -> str:

@@ -347,3 +347,11 @@ def test_shipped_configs_pass_the_path_checks(name: str) -> None:
     env = {**os.environ, "CONVEYOR_VIDEO": "/dev/null"}
     cfg = load_config(REPO / "configs" / name, env=env).config  # check_paths=True is the default
     assert check_paths(cfg) == []
+
+
+@pytest.mark.parametrize("value", ["${a:-" * 150_000, "}" + "${a:-" * 150_000])
+def test_env_substitution_is_linear_in_hostile_values(tmp_path: Path, value: str) -> None:
+    cfg = write(tmp_path / "c.yaml", GOOD + f"x: '{value}'\n")
+    started = time.process_time()
+    problems_of(cfg)
+    assert time.process_time() - started < 10  # generous: well under a second; quadratic took minutes
