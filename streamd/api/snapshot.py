@@ -75,6 +75,10 @@ def build(config: DaemonConfig, counters: dict[str, dict[str, Any]], fps: dict[s
             "events": c.get("crossings", 0),
             "queue_depth": queue_depth.get(stream.name),
             "ring": rings.get(stream.name),
+            # a file that ended before its container said it would, or packets the decoder refused
+            "warning": _redacted(c.get("warning")),
+            "source": {"frames_expected": c.get("frames_expected"), "truncated": bool(c.get("truncated")),
+                       "corrupt_packets": c.get("corrupt_packets", 0), "corrupt_frames": c.get("corrupt_frames", 0)},
         }
     return {"t": time.time(), "ready": ready, "streams": streams, "stages": stages, "reload": dict(reload_status),
             "counters": counters, "heartbeats": heartbeats, "sinks": sink_health(heartbeats)}

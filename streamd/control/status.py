@@ -92,7 +92,10 @@ class StatusBuilder:
                      dropped_stale=c.get("dropped_stale", 0), dropped_overwritten=c.get("dropped_overwritten", 0),
                      crossings=c.get("crossings", 0), events_written=c.get("events_written", 0),
                      latency_p50_ms=c.get("latency_p50_ms"), latency_p99_ms=c.get("latency_p99_ms"),
-                     stage_p99_ms=c.get("stage_p99_ms"), error=failed.get(stream))
+                     stage_p99_ms=c.get("stage_p99_ms"), error=failed.get(stream),
+                     frames_expected=c.get("frames_expected"), truncated=bool(c.get("truncated")),
+                     corrupt_packets=c.get("corrupt_packets", 0), corrupt_frames=c.get("corrupt_frames", 0),
+                     warning=c.get("warning"))
 
     def close(self) -> None:
         for view in self._ring_views.values():

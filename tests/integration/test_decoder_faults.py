@@ -66,5 +66,9 @@ def test_truncated_file_is_reported_with_counts(tmp_path: Path, daemon_factory) 
     assert "corrupt_packets" in warning and "corrupt_frames" in warning
     assert summary(daemon, "cut")["state"] == "finished"
     assert summary(daemon, "cut")["frames_decoded"] == warning["frames_decoded"]
+    cut_summary = summary(daemon, "cut")
+    assert cut_summary["truncated"] is True and cut_summary["frames_expected"] == FRAMES
+    assert "ended after" in (cut_summary.get("warning") or ""), cut_summary
+    assert summary(daemon, "ok")["truncated"] is False and summary(daemon, "ok")["warning"] is None
     assert not daemon.find("source_truncated", stream="ok")
     assert summary(daemon, "ok")["frames_decoded"] == FRAMES
