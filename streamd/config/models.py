@@ -333,6 +333,21 @@ class CountsConfig(Strict):
         default_factory=lambda: ["06:00", "14:00", "22:00"], min_length=1,
         description="Local start times of shifts; a shift runs until the next start.",
     )
+    url: str | None = Field(
+        None, repr=False, max_length=2048,
+        description="PostgreSQL count store shared by a fleet, e.g. postgresql://user:${PGPASSWORD}@host/db; "
+                    "replaces `path` when set. The password is never logged.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            from streamd.redact import redact
+
+            raise ValueError(f"counts.url {redact(value)!r} is not a PostgreSQL URL: write "
+                             "postgresql://user:${PGPASSWORD}@host:5432/dbname (or leave it out for SQLite at `path`)")
+        return value
 
     @field_validator("timezone")
     @classmethod
