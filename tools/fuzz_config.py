@@ -3,13 +3,13 @@
     python -m tools.fuzz_config [--cases N] [--seed S] [--jobs J] [--out DIR] [CONFIG ...]
 
 Each case takes one config (default: configs/*.yaml), applies one to three random mutations (byte flips,
-truncation, bad bytes, alias bombs, huge lists, deep nesting, oversized files, odd scalars, shuffled lines)
-and runs `python -m streamd validate` on it in a subprocess. Every case must end within 5 s of CPU time
-(--timeout; CPU, not wall time, so busy neighbours do not fail it; a process still running after --wall
-seconds is a hang) and 1 GiB of memory, with exit 0 or 1 and no traceback (nor the "streamd bug" line of
-the last-resort handler). The seed is printed first; a failing case is written to --out with the command
-that repeats it, and the exit status is 1. Case K of seed S is always the same file, so `--seed S` repeats
-a whole run.
+truncation, bad bytes, alias bombs, huge lists, deep nesting, oversized files, odd scalars, blocks of the
+wrong type, shuffled lines) and runs `python -m streamd validate` on it in a subprocess. Every case must end
+within 5 s of CPU time (--timeout; CPU, not wall time, so busy neighbours do not fail it; a process still
+running after --wall seconds is a hang) and 1 GiB of memory, with exit 0 or 1 and no traceback (nor the
+"streamd bug" line of the last-resort handler). The seed is printed first; a failing case is written to
+--out with the command that repeats it, and the exit status is 1. Case K of seed S is always the same file,
+so `--seed S` repeats a whole run.
 
 The mutated file is validated in a temporary copy of the config's surroundings (its siblings and the folders
 beside its folder are symbolic links), so relative model and pipeline paths still resolve and nothing is
@@ -120,6 +120,23 @@ def odd_scalar(rng: random.Random, data: bytes) -> bytes:
     return data[: m.start()] + rng.choice(ODD_SCALARS).encode() + data[m.end():]
 
 
+def retype_block(rng: random.Random, data: bytes) -> bytes:
+    """A whole block (streams:, sinks:, a pipeline, ...) replaced by one scalar or flow value."""
+    lines = data.split(b"\n")
+    heads = [i for i, line in enumerate(lines) if re.fullmatch(rb"( *)([A-Za-z_][\w-]*):\s*(#.*)?", line)]
+    if not heads:
+        return odd_scalar(rng, data)
+    i = rng.choice(heads)
+    indent = len(lines[i]) - len(lines[i].lstrip(b" "))
+    end = i + 1
+    while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip(b" ")) > indent
+                                or lines[end].lstrip().startswith(b"- ") and indent == 0):
+        end += 1
+    value = rng.choice(["5", "-1.5", "true", "null", "s", "[]", "{}", "[1, [2]]", "{a: {b: 1}}", "'${UNSET_X}'"])
+    lines[i:end] = [lines[i].split(b":")[0] + b": " + value.encode()]
+    return b"\n".join(lines)
+
+
 def shuffle_lines(rng: random.Random, data: bytes) -> bytes:
     lines = data.split(b"\n")
     op = rng.choice(["delete", "duplicate", "swap", "dedent", "indent"])
@@ -141,7 +158,7 @@ def shuffle_lines(rng: random.Random, data: bytes) -> bytes:
 MUTATIONS: dict[str, Mutation] = {
     "flip_bytes": flip_bytes, "truncate": truncate, "bad_byte": bad_byte, "alias_bomb": alias_bomb,
     "merge_bomb": merge_bomb, "huge_list": huge_list, "deep_nesting": deep_nesting, "oversize": oversize,
-    "odd_scalar": odd_scalar, "shuffle_lines": shuffle_lines,
+    "odd_scalar": odd_scalar, "retype_block": retype_block, "shuffle_lines": shuffle_lines,
 }
 
 

@@ -249,9 +249,10 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None,
     ``check_paths`` also checks that every file the daemon writes (counts store, JSONL sinks, outboxes) can be
     created there (streamd.config.checks); turn it off for read-only uses such as `streamd counts`.
     """
-    path = Path(path).absolute()
+    path = Path(path)
     env = dict(os.environ) if env is None else env
     try:
+        path = path.absolute()
         return _load(path, env, check_paths)
     except ConfigError as exc:
         if len(exc.problems) > MAX_PROBLEMS:
@@ -274,7 +275,7 @@ def _load(path: Path, env: dict[str, str], check_paths: bool) -> LoadedConfig:
     if isinstance(pipelines, dict):
         for name, pipe in pipelines.items():
             _resolve_paths_in_pipeline(pipe, path.parent)
-        for i, stream in enumerate(data.get("streams") or []):
+        for i, stream in enumerate(_list(data.get("streams"))):
             if not isinstance(stream, dict) or not isinstance(stream.get("pipeline"), str):
                 continue
             name = stream["pipeline"]
@@ -295,23 +296,25 @@ def _load(path: Path, env: dict[str, str], check_paths: bool) -> LoadedConfig:
             pipelines[name] = doc.data
         data["pipelines"] = pipelines
     seen_names: dict[str, int] = {}
-    for i, stream in enumerate(data.get("streams") or []):
+    for i, stream in enumerate(_list(data.get("streams"))):
         name = stream.get("name") if isinstance(stream, dict) else None
         if isinstance(name, str):
             if name in seen_names:
                 problems.append(f"{main.line_of(('streams', i, 'name'))}: streams[{i}].name: stream name '{name}' "
                                 f"is already used by streams[{seen_names[name]}]; stream names must be unique")
             seen_names.setdefault(name, i)
-    for stream in data.get("streams") or []:
+    for stream in _list(data.get("streams")):
         if isinstance(stream, dict) and isinstance(stream.get("url"), str) and source_kind(stream["url"]) == "file":
             stream["url"] = _resolve(stream["url"], path.parent)
     counts = data.get("counts")
     if counts is None:
         counts = data["counts"] = {}
     if isinstance(counts, dict):
-        counts["path"] = _resolve(counts["path"], path.parent) if isinstance(counts.get("path"), str) \
-            else default_counts_path(path.parent, env)
-    for sink in data.get("sinks") or []:
+        if counts.get("path") is None:
+            counts["path"] = default_counts_path(path.parent, env)
+        elif isinstance(counts["path"], str):
+            counts["path"] = _resolve(counts["path"], path.parent)  # anything else: validation reports its type
+    for sink in _list(data.get("sinks")):
         if not isinstance(sink, dict):
             continue
         if sink.get("type") == "jsonl" and isinstance(sink.get("path"), str):
@@ -332,6 +335,11 @@ def _load(path: Path, env: dict[str, str], check_paths: bool) -> LoadedConfig:
         if path_problems:
             raise ConfigError([f"{main.line_of(p.loc)}: {p}" for p in path_problems])
     return LoadedConfig(config=config, path=path)
+
+
+def _list(value: Any) -> list[Any]:
+    """``value`` when it is a list, else [] (validation reports the wrong type with its line)."""
+    return value if isinstance(value, list) else []
 
 
 def _find_pipeline_file(name: str, config_dir: Path) -> Path | None:

@@ -355,3 +355,67 @@ def test_env_substitution_is_linear_in_hostile_values(tmp_path: Path, value: str
     started = time.process_time()
     problems_of(cfg)
     assert time.process_time() - started < 10  # generous: well under a second; quadratic took minutes
+
+
+# --- every field given every wrong type: a ConfigError naming it, never another exception -------------------
+
+FULL = {
+    "streams": [{"name": "cam", "url": "clip.mp4", "pipeline": "p", "realtime": True, "options": {"rtsp_transport": "tcp"},
+                 "retry": {"initial_s": 1}}, {"name": "cam2", "url": "rtsp://u:Pw9Secret@h/x", "pipeline": "p"}],
+    "pipelines": {"p": {"model": "m.onnx", "labels": "l.txt", "preprocess": {"mean": [0, 0, 0]}, "input_size": [32, 32],
+                        "classes": ["car"], "tracker": {"lost_track_s": 1},
+                        "lines": [{"name": "l", "points": [[0, 0], [9, 9]], "classes": ["car"]}],
+                        "zones": [{"name": "z", "polygon": [[0, 0], [9, 0], [9, 9]]}]}},
+    "sinks": [{"type": "jsonl", "path": "out/e.jsonl"}, {"type": "zmq", "endpoint": "tcp://127.0.0.1:5999"},
+              {"type": "mqtt", "password": "Pw9Secret", "ca_file": "ca.pem", "outbox": {"path": "o.db", "retry": {"max_s": 2}}},
+              {"type": "webhook", "url": "https://h/x", "secret": "s", "bearer_token": "t"}],
+    "inference": {"providers": ["CPUExecutionProvider"]},
+    "supervisor": {"restart": {"initial_s": 1}},
+    "counts": {"path": "state/c.db", "timezone": "UTC", "shifts": ["06:00"]},
+    "api": {"token": "0123456789abcdef", "host": "127.0.0.1"},
+    "watch_config": True,
+}
+WRONG = [5, -1.5, True, None, "s", "", [], {}, [1, [2]], {"a": {"b": 1}}, "${UNSET_VAR_X}", "../" * 30 + "x\0y"]
+
+
+def _locs(node: object, loc: tuple = ()) -> list[tuple]:
+    out = [loc] if loc else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += _locs(value, loc + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out += _locs(value, loc + (i,))
+    return out
+
+
+def _replaced(node: object, loc: tuple, value: object) -> object:
+    import copy
+
+    out = copy.deepcopy(node)
+    target = out
+    for part in loc[:-1]:
+        target = target[part]  # type: ignore[index]
+    target[loc[-1]] = value  # type: ignore[index]
+    return out
+
+
+def test_every_field_with_every_wrong_type_is_a_config_error(tmp_path: Path) -> None:
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    (tmp_path / "ca.pem").write_text("x")
+    cfg.write_text(yaml.safe_dump(FULL))
+    load_config(cfg, env={})  # the unmutated config is valid
+    tried = 0
+    for loc in _locs(FULL):
+        for value in WRONG:
+            cfg.write_text(yaml.safe_dump(_replaced(FULL, loc, value)))
+            try:
+                load_config(cfg, env={})
+            except ConfigError as exc:
+                assert not any("a streamd bug" in p for p in exc.problems), (loc, value, exc.problems)
+                assert all(p.startswith(str(cfg)) for p in exc.problems), (loc, value, exc.problems)
+                assert "Pw9Secret" not in str(exc), (loc, value, exc.problems)
+            tried += 1
+    assert tried > 500
