@@ -34,7 +34,9 @@ class PathProblem:
 
 def check_paths(config: DaemonConfig) -> list[PathProblem]:
     """Every file the daemon would write (or read, for CA bundles) that cannot work here, with the fix."""
-    wanted: list[tuple[Loc, str, Use]] = [(("counts", "path"), config.counts.path, "sqlite")]
+    wanted: list[tuple[Loc, str, Use]] = []
+    if config.counts.url is None:  # a PostgreSQL store (counts.url) replaces the SQLite file
+        wanted.append((("counts", "path"), config.counts.path, "sqlite"))
     for i, sink in enumerate(config.sinks):
         if isinstance(sink, JsonlSinkConfig):
             wanted.append((("sinks", i, "path"), sink.path, "append" if sink.max_bytes is None else "rotate"))
