@@ -48,7 +48,7 @@ class Daemon:
         self.loaded = loaded
         self.runtime_dir = (runtime_root or Path(tempfile.gettempdir())) / f"streamd-{os.getpid()}"
         self.endpoints = Endpoints(self.runtime_dir)
-        self.state = RunningState(config=loaded.config, streams=StreamRegistry())
+        self.state = RunningState(config=loaded.config, streams=StreamRegistry(), files=loaded.files)
         self.on_tick = on_tick  # called with the merged per-stream counters a few times a second
         self.final_counters: dict[str, dict[str, Any]] = {}
         self.snapshot: dict[str, Any] = {"t": time.time(), "ready": False, "streams": {}}
@@ -191,16 +191,20 @@ class Daemon:
             code = 1
         return code
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.loaded.path)  # follows symlinks: a Kubernetes ConfigMap update swaps one
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """mtime, size and inode of the config file and of each pipeline file it uses."""
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in self.state.files:
+            try:
+                st = os.stat(path)  # follows symlinks: a Kubernetes ConfigMap update swaps one
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
 
     def _config_file_changed(self) -> bool:
         stamp = self._stamp()
-        if stamp is None or stamp == self._config_stamp:
+        if stamp[0] is None or stamp == self._config_stamp:
             return False
         self._config_stamp = stamp
         return True

@@ -35,6 +35,11 @@ class Where:
 class LoadedConfig:
     config: DaemonConfig
     path: Path
+    pipeline_files: tuple[Path, ...] = ()  # pipelines/<name>.yaml files the config uses (watched with it)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.path, *self.pipeline_files)
 
 
 # Limits on what one config file may make the loader do. A real config is a few KiB with a handful of
@@ -334,7 +339,7 @@ def _load(path: Path, env: dict[str, str], check_paths: bool) -> LoadedConfig:
         path_problems = checks.check_paths(config)
         if path_problems:
             raise ConfigError([f"{main.line_of(p.loc)}: {p}" for p in path_problems])
-    return LoadedConfig(config=config, path=path)
+    return LoadedConfig(config=config, path=path, pipeline_files=tuple(sorted({d.path for d in docs.values()})))
 
 
 def _list(value: Any) -> list[Any]:

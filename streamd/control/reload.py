@@ -47,6 +47,7 @@ class ReloadPlan:
     stop: list[str]  # streams to stop (removed, changed, or failed and retried)
     start: list[str]  # streams to start once the shared stages run the new config
     start_frames: dict[str, int] = field(default_factory=dict)  # retried files resume after their checkpoint
+    files: tuple[Path, ...] = ()  # the files this config was read from
 
     @property
     def empty(self) -> bool:
@@ -89,7 +90,7 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
         finally:
             store.close()
     return ReloadPlan(config=new, change=change, resolved=resolved, still_failing=still_failing, stop=stop,
-                      start=start, start_frames=start_frames)
+                      start=start, start_frames=start_frames, files=loaded.files)
 
 
 class StageControl(Protocol):
@@ -180,6 +181,7 @@ class ReloadController:
             return
         assert result is not None
         plan = self._plan = result
+        self.state.files = plan.files
         if plan.empty:
             self._finish_status(ok=True, changes={})
             log.info("reload_no_change", reason=self._reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from streamd.config.models import DaemonConfig
 from streamd.control.pipelines import ResolvedPipeline
@@ -21,6 +22,7 @@ class RunningState:
     pipelines: dict[str, ResolvedPipeline] = field(default_factory=dict)  # usable pipelines
     pipeline_errors: dict[str, str] = field(default_factory=dict)  # pipelines whose model failed: why
     staged: dict[str, ResolvedPipeline] = field(default_factory=dict)  # a reload's pipelines while models load
+    files: tuple[Path, ...] = ()  # the config file and the pipeline files it uses: what the daemon watches
 
     def pipeline(self, name: str) -> ResolvedPipeline | None:
         return self.staged.get(name) or self.pipelines.get(name)

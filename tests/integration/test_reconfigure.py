@@ -196,3 +196,24 @@ def test_the_watch_loop_keeps_beating_through_a_reload(belt: Path, tmp_path: Pat
         thread.join()
     assert not failures, failures[:3]
     assert ages and max(ages) < 2.0, f"snapshot went stale during a reload: max age {max(ages):.2f} s"
+
+
+def test_an_edit_of_a_pipeline_file_is_applied(belt: Path, tmp_path: Path, daemon_factory) -> None:
+    """Pipeline files under pipelines/ that the config uses are watched with it."""
+    import yaml
+
+    (tmp_path / "pipelines").mkdir()
+    pipeline_file = tmp_path / "pipelines" / "belt.yaml"
+    pipeline_file.write_text(yaml.safe_dump(pipeline(MODEL)))
+    cfg = config(tmp_path, belt, {"a": "belt"}, {})
+    del cfg["pipelines"]
+    cfg_path = write_config(tmp_path / "streamd.yaml", cfg)
+    daemon = daemon_factory(cfg_path)
+    url = api_url(daemon)
+    wait_until(lambda: analysing(url, {"a"}), 60, "stream a analysing")
+    pipeline_file.write_text(yaml.safe_dump(pipeline(MODEL, confidence=0.5)))
+    applied = daemon.wait_for("reload_applied", timeout=60, reason="file")
+    assert applied["restarted"] == ["a"] and applied["pipelines_changed"] == ["belt"]
+    config_now = httpx.get(f"{url}/api/config").json()["config"]
+    assert config_now["pipelines"]["belt"]["confidence"] == 0.5
+    wait_until(lambda: all_stages_current(url), 30, "every stage on the edited pipeline")
