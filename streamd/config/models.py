@@ -61,8 +61,10 @@ class StreamConfig(Strict):
         "footage faster, or load-test: frames the pipeline cannot keep up with are dropped and counted).",
     )
     ring_slots: int = Field(8, ge=3, le=256, description="Frames held in the stream's shared-memory ring.")
-    max_width: int = Field(3840, ge=16, le=16384, description="Largest frame width the ring is sized for.")
-    max_height: int = Field(2160, ge=16, le=16384, description="Largest frame height the ring is sized for.")
+    # The ring reserves ring_slots x max_width x max_height x 3 bytes of /dev/shm from the start (8 x 1080p = 50 MB);
+    # a 4K camera sets 3840 x 2160, and a larger frame fails its stream with an error that says so.
+    max_width: int = Field(1920, ge=16, le=16384, description="Largest frame width the ring is sized for (4K: 3840).")
+    max_height: int = Field(1080, ge=16, le=16384, description="Largest frame height the ring is sized for (4K: 2160).")
     options: dict[str, str] = Field(default_factory=dict, description="Extra FFmpeg demuxer options.")
     retry: SourceRetryConfig = Field(default_factory=SourceRetryConfig)
 
