@@ -9,15 +9,17 @@ from typing import Any
 import numpy as np
 import zmq
 
+from streamd.analytics.state import STATE_VERSION, StateError, StreamCheckpoint, decode_checkpoint, encode_checkpoint
 from streamd.analytics.store import CountStore, CrossingRow, ZoneEventRow
 from streamd.analytics.stream import StreamAnalytics
 from streamd.analytics.zones import ZoneEvent as ZoneChange
 from streamd.config.models import PipelineConfig
 from streamd.ipc import sockets
 from streamd.ipc.ring import ring_generation
-from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, PipelineSet, StreamCounters, StreamEnd, StreamRemoved,
+from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, Reconfigure, StreamCounters, StreamEnd, StreamRemoved,
                                   Track, TrackedFrame, ZoneEvent, encoder, pipeline_decoder)
 from streamd.runtime.histogram import Histogram
+from streamd.runtime.params import AnalyticsParams, expect, params_from_json
 from streamd.runtime.stage import EXIT_OK, Stage
 
 
@@ -27,22 +29,20 @@ def _column(values: np.ndarray | None, size: int) -> np.ndarray:
 
 
 class AnalyticsStage(Stage):
-    """params: pipelines ({name: PipelineConfig}), class_names ({pipeline name: [names]}), store (path),
-    sources ({stream: source key}), run_id."""
+    """params: AnalyticsParams (streamd/runtime/params.py); pipelines and sources can change live."""
 
     def __init__(self, *args: Any):
         super().__init__(*args)
-        self.pipelines: dict[str, PipelineConfig] = self.spec.params["pipelines"]
-        self.class_names: dict[str, list[str]] = self.spec.params["class_names"]
+        self.analytics_params = expect(self.spec.params, AnalyticsParams)
         self.inbox = sockets.pull(self.ctx, self.spec.endpoints.analytics, hwm=1000)
         self.outbox = sockets.push(self.ctx, self.spec.endpoints.sinks, hwm=10_000)
         # tracked frames for the live preview; a PUB with no subscriber drops them at once, so it costs nothing
         self.preview = sockets.publisher(self.ctx, self.spec.endpoints.preview, hwm=4)
         self.rings: dict[str, str] = {}  # stream -> the ring its current frames come from
         self.streams: dict[str, StreamAnalytics] = {}
-        self.store = CountStore(self.spec.params["store"])
-        self.sources: dict[str, str] = self.spec.params["sources"]
-        self.run_id: str = self.spec.params["run_id"]
+        self.stream_pipeline: dict[str, str] = {}  # stream -> the pipeline its analytics state was built from
+        self.store = CountStore(self.analytics_params.store)
+        self.run_id: str = self.analytics_params.run_id
         # all-time totals, read once and then kept current: the store is not re-aggregated per frame
         self.totals: dict[tuple[str, str, str, str], int] = dict(self.store.counts())
         for (stream, zone, cls), zone_count in self.store.zone_counts().items():
@@ -53,8 +53,36 @@ class AnalyticsStage(Stage):
         # per stream, recent (queue, infer, analyse) durations in ms: where the latency goes
         self.stage_ms: dict[str, deque[tuple[float, float, float]]] = {}
         self.duplicates = 0
+        self.unknown_pipeline = 0  # detections of a pipeline this stage does not run (dropped)
         self.stage_hist: dict[str, dict[str, Histogram]] = {}  # stream -> queue / infer / analyse
         self.last_frame: dict[str, tuple[int, float]] = {}  # stream -> (frame index, wall clock - stream time)
+
+    @property
+    def pipelines(self) -> dict[str, PipelineConfig]:
+        return self.analytics_params.pipelines
+
+    @property
+    def class_names(self) -> dict[str, list[str]]:
+        return self.analytics_params.class_names
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return self.analytics_params.sources
+
+    def _reconfigure(self, msg: Reconfigure) -> None:
+        params = params_from_json(AnalyticsParams, msg.params)
+        if params == self.analytics_params:
+            return
+        changed = sorted(n for n in self.pipelines.keys() & params.pipelines.keys()
+                         if self.pipelines[n] != params.pipelines[n] or self.class_names[n] != params.class_names[n])
+        self.params = self.analytics_params = params
+        # a stream on a changed pipeline starts with fresh tracker and counter state (as on a new ring)
+        for stream in list(self.streams):
+            pipeline = self.stream_pipeline.get(stream)
+            if pipeline in changed or pipeline not in params.pipelines:
+                self._reset(stream)
+        self.log.info("reconfigured", pipelines=sorted(params.pipelines), changed=changed,
+                      config_hash=self.config_hash())
 
     def counters(self) -> dict[str, StreamCounters]:
         out = {}
@@ -84,10 +112,8 @@ class AnalyticsStage(Stage):
                     if self.rings.get(msg.stream) == msg.ring:
                         self._reset(msg.stream)
                     self._send(encoder.encode(msg))
-                elif isinstance(msg, PipelineSet):
-                    self.pipelines[msg.name] = PipelineConfig.model_validate_json(msg.config)
-                    self.class_names[msg.name] = msg.class_names
-                    self.log.info("pipeline_set", pipeline=msg.name)
+                elif isinstance(msg, Reconfigure):
+                    self._reconfigure(msg)
             elif self.stop.is_set():
                 return EXIT_OK  # upstream stopped first, so an empty inbox means everything was handled
             self.beat()
@@ -113,16 +139,57 @@ class AnalyticsStage(Stage):
         analytics = self.streams.get(stream)
         if analytics is None:
             analytics = StreamAnalytics(self.pipelines[pipeline], self.class_names[pipeline])
+            self.stream_pipeline[stream] = pipeline
             self.streams[stream] = analytics
         return analytics
 
+    def _open(self, msg: Detections) -> None:
+        """Build a stream's analytics on its first frame in this process: from the state stored with its
+        checkpoint when this frame continues it (this stage was restarted: the same ring; or the whole daemon
+        was, and the file resumes after its checkpoint), else fresh."""
+        analytics = self._analytics(msg.stream, msg.pipeline)
+        stored = self.store.stream_state(msg.stream)
+        if stored is None:
+            return
+        source, frame, raw = stored
+        try:
+            checkpoint = decode_checkpoint(raw)
+        except StateError as exc:
+            self.log.warning("state_unreadable", stream=msg.stream, error=str(exc))
+            return
+        same_ring = bool(msg.ring) and checkpoint.ring == msg.ring
+        resumed = source == self.sources.get(msg.stream, "") and msg.frame_index > frame
+        if not (same_ring or resumed) or checkpoint.config != analytics.config_hash:
+            return  # a new pass of the source, or the pipeline changed meanwhile: fresh state
+        try:
+            analytics.restore(checkpoint.analytics)
+        except StateError as exc:
+            self.log.warning("state_unreadable", stream=msg.stream, error=str(exc))
+            self.streams.pop(msg.stream)
+            self._analytics(msg.stream, msg.pipeline)
+            return
+        if same_ring:
+            self.last_seq[msg.stream] = checkpoint.seq  # frames up to the checkpoint are replays
+        self.last_frame[msg.stream] = (checkpoint.frame, checkpoint.wall_offset)
+        # frames between the checkpoint and this one were lost in flight (sent before the kill, never analysed)
+        self.log.info("state_restored", stream=msg.stream, frame=checkpoint.frame, next_frame=msg.frame_index,
+                      same_ring=same_ring, tracks=len(checkpoint.analytics.tracker.tracks))
+
+    def _checkpoint(self, msg: Detections, analytics: StreamAnalytics, frame: tuple[int, float]) -> bytes:
+        return encode_checkpoint(StreamCheckpoint(
+            version=STATE_VERSION, config=analytics.config_hash, ring=msg.ring, seq=msg.seq, frame=frame[0],
+            wall_offset=frame[1], analytics=analytics.snapshot()))
+
     def _reset(self, stream: str) -> None:
-        """Forget a stream's tracker and counters state; open zone visits end at their last sighting."""
+        """Forget a stream's tracker and counters state (also the stored one); open zone visits end at their
+        last sighting."""
         analytics = self.streams.pop(stream, None)
         if analytics is not None and analytics.zones:
             last = self.last_frame.get(stream, (0, 0.0))
             events = [self._zone_event(stream, analytics, zone, change, last) for zone, change in analytics.close()]
-            self._record_and_publish(stream, [], events, last[0])
+            self._record_and_publish(stream, [], events, last[0], clear_state=True)
+        else:
+            self.store.clear_state(stream)
         self.last_seq.pop(stream, None)
         self.rings.pop(stream, None)
 
@@ -131,6 +198,13 @@ class AnalyticsStage(Stage):
             if msg.stream in self.rings:
                 self._reset(msg.stream)  # restarted by a reload: a new ring, sequence numbers start over
             self.rings[msg.stream] = msg.ring
+        if msg.pipeline not in self.pipelines:
+            # The supervisor reconfigures analytics before it starts a stream on a new pipeline, so this is a
+            # late frame of a pipeline a reload just removed.
+            self.unknown_pipeline += 1
+            return
+        if msg.stream not in self.streams:
+            self._open(msg)
         if msg.seq <= self.last_seq.get(msg.stream, 0):
             # A restarted inference stage replays frames it had not released; each frame counts once.
             self.duplicates += 1
@@ -154,7 +228,8 @@ class AnalyticsStage(Stage):
         frame = self.last_frame[msg.stream] = (msg.frame_index, msg.wall_ts - msg.pts_s)
         zone_events = [self._zone_event(msg.stream, analytics, zone, change, frame, msg.t_decoded_ns, t_analysed)
                        for zone, change in result.zone_events]
-        self._record_and_publish(msg.stream, events, zone_events, msg.frame_index)
+        self._record_and_publish(msg.stream, events, zone_events, msg.frame_index,
+                                 state=self._checkpoint(msg, analytics, frame))
         tracked = result.tracked
         tracks = [
             Track(track_id=int(tid), class_id=int(cid), class_name=analytics.class_name(int(cid)),
@@ -189,7 +264,7 @@ class AnalyticsStage(Stage):
     def _zone_event(self, stream: str, analytics: StreamAnalytics, zone: str, change: ZoneChange,
                     frame: tuple[int, float], t_decoded_ns: int = 0, t_analysed_ns: int = 0) -> ZoneEvent:
         """frame: (index, wall clock minus stream time) of the frame being analysed."""
-        visit_id = f"{stream}/{self._pass(stream)}/{zone}/{change.track_id}/{round(change.entered_t * 1000)}"
+        visit_id = f"{stream}/{self._pass(stream)}/{zone}/{change.visit_track}/{round(change.entered_t * 1000)}"
         zone_counter = next(z for z in analytics.zones if z.name == zone)
         return ZoneEvent(
             id=visit_id if change.kind == "enter" else f"{visit_id}/exit", stream=stream, zone=zone,
@@ -202,13 +277,13 @@ class AnalyticsStage(Stage):
         )
 
     def _record_and_publish(self, stream: str, crossings: list[LineCrossing], zone_events: list[ZoneEvent],
-                            frame: int) -> None:
+                            frame: int, state: bytes | None = None, clear_state: bool = False) -> None:
         # Durable first: events and the frame checkpoint commit together, then they are published.
         added, added_zone = self.store.record(
             [CrossingRow(e.id, e.stream, e.line, e.class_name, e.direction, e.ts, e.frame) for e in crossings],
             stream, self.sources.get(stream, ""), frame,
             [ZoneEventRow(e.id, e.id.removesuffix("/exit"), e.stream, e.zone, e.class_name, e.event, e.ts, e.frame,
-                          e.dwell_s) for e in zone_events])
+                          e.dwell_s) for e in zone_events], state=state, clear_state=clear_state)
         new_ids = {r.id for r in added} | {z.id for z in added_zone}
         for event in crossings:
             if event.id in new_ids:  # else recorded by an earlier process, and published then
