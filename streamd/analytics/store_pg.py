@@ -1,0 +1,170 @@
+"""Durable counts in PostgreSQL: the same interface and semantics as streamd.analytics.store.CountStore.
+
+Every node of a fleet writes its streams' crossings, zone visits, checkpoints and analytics state here, one
+transaction per analysed frame; any node (``streamd counts``, ``/api/counts``) reads the whole fleet's counts.
+``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` on the event ids means a replayed frame never counts twice, and
+``record`` returns the rows that were new, as the SQLite store does.
+
+Fencing: ``record(..., epoch=E)`` locks the stream's row in ``leases`` in the same transaction and refuses the
+write (``FencedError``) unless the lease's epoch is still E. A node whose lease was taken over (its epoch is no
+longer current) can therefore never add a count, even if it is still running, cut off from the others.
+
+The schema is streamd's own and versioned (streamd.fleet.schema): a writable store migrates it on open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from streamd.analytics.store import CrossingRow, ZoneCount, ZoneEventRow
+from streamd.errors import StreamdError
+from streamd.fleet.schema import SCHEMA_VERSION, SchemaError, connect, current_version, migrate
+from streamd.redact import redact
+
+
+class FencedError(StreamdError):
+    """A count write carried a lease epoch that is no longer the stream's current one: another node owns it now."""
+
+    def __init__(self, stream: str, epoch: int, current: int | None, owner: str | None):
+        self.stream, self.epoch, self.current, self.owner = stream, epoch, current, owner
+        held = "no lease" if current is None else f"epoch {current}, owner {owner or 'none'}"
+        super().__init__(f"stream {stream}: write with lease epoch {epoch} refused, the lease is now at {held}; "
+                         "this node no longer owns the stream and must stop analysing it")
+
+
+class PostgresCountStore:
+    def __init__(self, url: str, readonly: bool = False, timeout_s: float = 5.0):
+        self.url = url
+        self.readonly = readonly
+        self._timeout_s = timeout_s
+        self._db: Any = None
+        db = self._conn()
+        if readonly:
+            version = current_version(db)
+            if version == 0:
+                raise SchemaError(f"count store {redact(url)} has no streamd schema (has the daemon run yet?)")
+            if version > SCHEMA_VERSION:
+                raise SchemaError(f"count store {redact(url)} has schema version {version}, newer than this "
+                                  f"streamd knows ({SCHEMA_VERSION}): use the newer streamd")
+        else:
+            migrate(db)
+
+    def __repr__(self) -> str:
+        return f"PostgresCountStore({redact(self.url)!r}, readonly={self.readonly})"
+
+    def _conn(self) -> Any:
+        """The connection, reopened if the last one broke (the database restarted or the network failed)."""
+        if self._db is None or self._db.closed or self._db.broken:
+            if self._db is not None:
+                self._db.close()
+            self._db = connect(self.url, self._timeout_s)
+            if self.readonly:
+                self._db.execute("SET default_transaction_read_only = on")
+        return self._db
+
+    def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int,
+               zone_events: Iterable[ZoneEventRow] = (), state: bytes | None = None,
+               clear_state: bool = False, epoch: int | None = None) -> tuple[list[CrossingRow], list[ZoneEventRow]]:
+        """Store the crossings and zone events of one frame and the stream's checkpoint atomically; returns the
+        rows newly added (a replayed id is ignored). ``state``: the stream's analytics state after this frame;
+        ``clear_state``: forget the stored state instead. ``epoch``: the lease epoch this node holds the stream
+        with; the write is refused with FencedError (nothing stored) when it is no longer the current one."""
+        rows, zone_events = list(rows), list(zone_events)
+        added: list[CrossingRow] = []
+        added_zone: list[ZoneEventRow] = []
+        db = self._conn()
+        with db.transaction():
+            if epoch is not None:
+                lease = db.execute("SELECT epoch, owner FROM leases WHERE stream=%s FOR SHARE", (stream,)).fetchone()
+                if lease is None or int(lease[0]) != epoch:
+                    raise FencedError(stream, epoch, None if lease is None else int(lease[0]),
+                                      None if lease is None else lease[1])
+            with db.cursor() as cur:
+                for r in rows:
+                    cur.execute("INSERT INTO crossings VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                                (r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame))
+                    if cur.fetchone() is not None:
+                        added.append(r)
+                for z in zone_events:
+                    if z.kind == "enter":
+                        cur.execute("INSERT INTO zone_visits VALUES (%s, %s, %s, %s, %s, %s, NULL, NULL) "
+                                    "ON CONFLICT (id) DO NOTHING RETURNING id",
+                                    (z.visit_id, z.stream, z.zone, z.class_name, z.ts, z.frame))
+                    else:
+                        cur.execute("UPDATE zone_visits SET exited_ts=%s, dwell_s=%s WHERE id=%s AND exited_ts IS NULL "
+                                    "RETURNING id", (z.ts, z.dwell_s, z.visit_id))
+                    if cur.fetchone() is not None:
+                        added_zone.append(z)
+                cur.execute("INSERT INTO checkpoints VALUES (%s, %s, %s, false) ON CONFLICT (stream) DO UPDATE SET "
+                            "frame=excluded.frame, source=excluded.source, finished=false", (stream, source, frame))
+                if state is not None:
+                    cur.execute("INSERT INTO stream_state VALUES (%s, %s, %s) ON CONFLICT (stream) DO UPDATE SET "
+                                "frame=excluded.frame, state=excluded.state", (stream, frame, state))
+                elif clear_state:
+                    cur.execute("DELETE FROM stream_state WHERE stream=%s", (stream,))
+        return added, added_zone
+
+    def finish(self, stream: str) -> None:
+        """The stream's finite source was processed to its end: the next run starts it afresh."""
+        db = self._conn()
+        with db.transaction():
+            db.execute("UPDATE checkpoints SET finished=true WHERE stream=%s", (stream,))
+            db.execute("DELETE FROM stream_state WHERE stream=%s", (stream,))
+
+    def clear_state(self, stream: str) -> None:
+        """Forget a stream's analytics state: its next frames start with fresh state."""
+        self._conn().execute("DELETE FROM stream_state WHERE stream=%s", (stream,))
+
+    def stream_state(self, stream: str) -> tuple[str, int, bytes] | None:
+        """(checkpoint source, checkpoint frame, state) of a stream whose checkpoint carries analytics state and is
+        not finished; None otherwise."""
+        row = self._conn().execute(
+            "SELECT c.source, c.frame, s.state FROM checkpoints c JOIN stream_state s ON s.stream = c.stream "
+            "AND s.frame = c.frame WHERE c.stream=%s AND NOT c.finished", (stream,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), bytes(row[2]))
+
+    def resume_frame(self, stream: str, source: str) -> int:
+        """First frame to process for ``stream``: after its checkpoint if an earlier run of the same source
+        stopped part-way, else 0."""
+        row = self._conn().execute("SELECT source, frame, finished FROM checkpoints WHERE stream=%s",
+                                   (stream,)).fetchone()
+        if row is None or row[0] != source or row[2]:
+            return 0
+        return int(row[1]) + 1
+
+    def counts(self, stream: str | None = None, since: float | None = None,
+               until: float | None = None) -> dict[tuple[str, str, str, str], int]:
+        """(stream, line, class, direction) -> crossings in [since, until), over the whole fleet."""
+        where, args = _window("ts", stream, since, until)
+        query = (f"SELECT stream, line, class_name, direction, COUNT(*) FROM crossings WHERE {where} "
+                 "GROUP BY stream, line, class_name, direction ORDER BY stream, line, class_name, direction")
+        return {(s, ln, c, d): int(n) for s, ln, c, d, n in self._conn().execute(query, args).fetchall()}
+
+    def zone_counts(self, stream: str | None = None, since: float | None = None,
+                    until: float | None = None) -> dict[tuple[str, str, str], ZoneCount]:
+        """(stream, zone, class) -> visits that entered in [since, until), how many of them exited, and their
+        mean dwell time."""
+        where, args = _window("entered_ts", stream, since, until)
+        query = (f"SELECT stream, zone, class_name, COUNT(*), COUNT(exited_ts), AVG(dwell_s) FROM zone_visits "
+                 f"WHERE {where} GROUP BY stream, zone, class_name ORDER BY stream, zone, class_name")
+        return {(st, zn, c): ZoneCount(int(n), int(exits), None if dwell is None else float(dwell))
+                for st, zn, c, n, exits, dwell in self._conn().execute(query, args).fetchall()}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _window(ts_column: str, stream: str | None, since: float | None,
+            until: float | None) -> tuple[str, list[object]]:
+    """WHERE clause (column names are ours, values are parameters) for a stream and a [since, until) window."""
+    clauses: list[str] = ["true"]
+    args: list[object] = []
+    for clause, value in (("stream=%s", stream), (f"{ts_column}>=%s", since), (f"{ts_column}<%s", until)):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
+    return " AND ".join(clauses), args

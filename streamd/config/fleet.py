@@ -1,0 +1,40 @@
+"""The ``fleet:`` section: run this node as one of N identical nodes sharing the PostgreSQL at ``counts.url``."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field, model_validator
+
+from streamd.config.models import Strict
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+class FleetConfig(Strict):
+    enabled: bool = Field(False, description="Share streams with the other nodes on counts.url (PostgreSQL): each "
+                          "stream runs on exactly one live node, chosen by rendezvous hashing.")
+    node_id: str = Field(default_factory=_hostname, min_length=1, max_length=253,
+                         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                         description="This node's name in the fleet; unique per node. Default: the host name "
+                                     "(the pod name under Kubernetes).")
+    failover_s: float = Field(15.0, ge=2.0, le=600.0,
+                              description="A dead node's streams run on the survivors within this many seconds.")
+    heartbeat_s: float = Field(3.0, ge=0.2, le=120.0,
+                               description="How often the node renews its membership and leases; at most "
+                                           "failover_s / 4.")
+
+    @model_validator(mode="after")
+    def _heartbeat_fits(self) -> FleetConfig:
+        if self.heartbeat_s * 4 > self.failover_s:
+            raise ValueError(f"fleet.heartbeat_s {self.heartbeat_s:g} is too long for failover_s {self.failover_s:g}: "
+                             f"use at most {self.failover_s / 4:g} s (a lease must survive a missed heartbeat)")
+        return self
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """How long a lease and a membership last without a heartbeat; the rest of failover_s is one heartbeat
+        for a survivor to notice and half of one as margin."""
+        return self.failover_s - 1.5 * self.heartbeat_s
