@@ -65,6 +65,7 @@ class FleetNode:
         self._db: Any = None
         self._migrated = False
         self._beat_ok = False  # the last heartbeat reached the database
+        self._joined_at: float | None = None  # this process's first heartbeat that reached the database
         self.outage_since: float | None = None
         self.last_error: str | None = None
         self.log = structlog.get_logger().bind(node=node_id)
@@ -100,6 +101,8 @@ class FleetNode:
 
     def _recovered(self) -> None:
         self._beat_ok = True
+        if self._joined_at is None:
+            self._joined_at = self._clock()
         if self.outage_since is not None:
             self.log.info("fleet_db_reachable", down_s=round(self._clock() - self.outage_since, 1),
                           leases=len(self._held))
@@ -204,10 +207,15 @@ class FleetNode:
             target = assign(streams, live, current)
             for h in mine.values():
                 if target.get(h.stream) != self.node_id:
+                    with self._lock:  # stop owning it here before the release can let another node take it
+                        if self._held.get(h.stream) == h:
+                            del self._held[h.stream]
                     db.execute("UPDATE leases SET expires_at = now() WHERE stream = %s AND owner = %s AND epoch = %s",
                                (h.stream, self.node_id, h.epoch))
                     released.append(h)
             wanted = [s for s, n in target.items() if n == self.node_id and s not in mine]
+            if self._joined_at is None or sent - self._joined_at < self.heartbeat_s:
+                wanted = []  # just joined: let nodes that start at the same time see each other first
             if wanted:
                 db.execute("INSERT INTO leases (stream, owner, epoch, expires_at) "
                            "SELECT s, NULL, 0, '-infinity' FROM unnest(%s::text[]) AS s ON CONFLICT DO NOTHING",
@@ -227,9 +235,6 @@ class FleetNode:
                            (s, previous, self.node_id, epoch))
                 acquired[s] = epoch
         with self._lock:
-            for h in released:
-                if self._held.get(h.stream) == h:
-                    del self._held[h.stream]
             for s, epoch in acquired.items():
                 self._held[s] = HeldLease(s, epoch, sent + ttl)
         for h in released:
