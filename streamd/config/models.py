@@ -44,6 +44,14 @@ class SourceRetryConfig(BackoffConfig):
     read_timeout_s: float = Field(5.0, gt=0, le=300, description="Treat a live source as lost after this long without data.")
 
 
+class ClipConfig(Strict):
+    """Event clips of one stream (streamd/evidence/): encoded packets kept in rolling segments, remuxed, never re-encoded."""
+
+    pre_s: float = Field(5.0, ge=0, le=120, description="Seconds of video before the event in its clip.")
+    post_s: float = Field(5.0, ge=0, le=120, description="Seconds of video after the event in its clip.")
+    segment_s: float = Field(2.0, ge=0.5, le=30, description="Length of the rolling segments (cut at keyframes).")
+
+
 class StreamConfig(Strict):
     name: Name
     url: str = Field(description="File path, rtsp://..., or a V4L2 device (/dev/videoN or v4l2:///dev/videoN).")
@@ -67,6 +75,7 @@ class StreamConfig(Strict):
     max_height: int = Field(1080, ge=16, le=16384, description="Largest frame height the ring is sized for (4K: 2160).")
     options: dict[str, str] = Field(default_factory=dict, description="Extra FFmpeg demuxer options.")
     retry: SourceRetryConfig = Field(default_factory=SourceRetryConfig)
+    clips: ClipConfig | None = Field(None, description="Keep encoded video and write an MP4 clip around each event (evidence).")
 
     @property
     def kind(self) -> Literal["file", "rtsp", "v4l2"]:
@@ -174,6 +183,18 @@ class PreprocessOverrides(Strict):
         return std
 
 
+class EvidenceConfig(Strict):
+    """Snapshots of every line crossing and zone event (streamd/evidence/); retention applies to each stream."""
+
+    snapshots: bool = Field(False, description="Write a JPEG of the frame and a crop of the object for each event.")
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of snapshots and crops.")
+    max_width: int = Field(1280, ge=64, le=16384, description="Snapshots wider than this are scaled down (crops are not).")
+    max_age_s: float = Field(30 * 86400, gt=0, le=10 * 365 * 86400,
+                             description="Per stream: delete snapshots and clips older than this.")
+    max_bytes: int = Field(2 << 30, ge=1 << 16, le=1 << 44,
+                           description="Per stream: delete the oldest snapshots and clips beyond this many bytes.")
+
+
 class PipelineConfig(Strict):
     model: str = Field(description="Path to an ONNX model file.")
     labels: str | None = Field(None, description="Class-names file (one per line) for models that carry none.")
@@ -192,6 +213,7 @@ class PipelineConfig(Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     lines: list[LineConfig] = Field(default_factory=list)
     zones: list[ZoneConfig] = Field(default_factory=list)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Snapshots per event and their retention.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> PipelineConfig:

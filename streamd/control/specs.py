@@ -9,7 +9,8 @@ from streamd.config.models import DaemonConfig
 from streamd.control.pipelines import ResolvedPipeline
 from streamd.control.streams import StreamRegistry
 from streamd.ipc.sockets import Endpoints
-from streamd.runtime.params import AnalyticsParams, DecoderParams, InferenceParams, SinksParams
+from streamd.evidence.paths import evidence_dir
+from streamd.runtime.params import AnalyticsParams, DecoderParams, InferenceParams, SinksParams, StreamEvidence
 from streamd.runtime.stage import StageSpec
 
 
@@ -49,7 +50,12 @@ class StageSpecs:
                          log_level=self.state.config.log_level)
 
     def sinks(self) -> StageSpec:
-        return self._spec("sinks", "", SinksParams(sinks=list(self.state.config.sinks), state_dir=self.state_dir))
+        config = self.state.config
+        evidence = {s.name: StreamEvidence(pipeline=config.pipelines[s.pipeline], clips=s.clips)
+                    for s in config.active_streams if s.pipeline in config.pipelines
+                    and (config.pipelines[s.pipeline].evidence.snapshots or s.clips is not None)}
+        return self._spec("sinks", "", SinksParams(sinks=list(config.sinks), state_dir=self.state_dir,
+                                                   evidence_dir=str(evidence_dir(self.state_dir)), evidence=evidence))
 
     def analytics(self) -> StageSpec:
         state = self.state
@@ -79,4 +85,5 @@ class StageSpecs:
         pipeline = self.state.pipelines[entry.config.pipeline]
         return self._spec("decoder", stream, DecoderParams(
             stream=entry.config, ring=entry.ring, inference_endpoint=self.endpoints.inference(pipeline.model_key),
-            start_frame=entry.start_frame))
+            start_frame=entry.start_frame,
+            evidence_dir=str(evidence_dir(self.state_dir)) if entry.config.clips is not None else ""))

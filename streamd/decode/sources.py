@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import av
@@ -93,7 +93,8 @@ def open_source(stream: StreamConfig) -> av.container.InputContainer:
 
 
 def decode_frames(container: av.container.InputContainer, live: bool,
-                  read_timeout_s: float | None = None, stats: DecodeStats | None = None) -> Iterator[DecodedFrame]:
+                  read_timeout_s: float | None = None, stats: DecodeStats | None = None,
+                  on_packet: Callable[[av.Packet], None] | None = None) -> Iterator[DecodedFrame]:
     """Yield BGR frames. Live sources decode single-threaded: frame threading adds ~2 frames of delay.
 
     ``read_timeout_s`` (live sources): a gap that long between packets is a stall. PyAV's own read timeout
@@ -117,6 +118,8 @@ def decode_frames(container: av.container.InputContainer, live: bool,
         if live and read_timeout_s is not None and now - last_packet >= read_timeout_s * STALL_FRACTION:
             raise SourceError(f"no data for {now - last_packet:.1f} s (read_timeout_s {read_timeout_s}): source stalled")
         last_packet = now
+        if on_packet is not None:  # clips (streamd/evidence/segments.py): the encoded packet, before decoding
+            on_packet(packet)
         if packet.is_corrupt:
             stats.corrupt_packets += 1
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from pathlib import Path
 from typing import Any
 
 import av
@@ -12,6 +13,8 @@ import zmq
 from streamd.config.models import StreamConfig
 from streamd.decode.sources import DecodeStats, decode_frames, expected_frames, open_source, truncated
 from streamd.errors import SourceError
+from streamd.evidence.segments import SegmentRecorder
+from streamd.evidence.paths import segments_dir
 from streamd.ipc import sockets
 from streamd.ipc.messages import FrameReady, StreamCounters, StreamEnd, encoder
 from streamd.ipc.ring import FrameRing, FrameTooLarge
@@ -51,6 +54,8 @@ class DecoderStage(Stage):
         self._damage = DecodeStats()  # corruption met in finished passes over the source
         self._pass = DecodeStats()  # ... and in the current one
         self.backoff = Backoff(self.stream.retry)
+        self.clips = (SegmentRecorder(segments_dir(Path(params.evidence_dir), self.stream.name), self.stream.clips,
+                                      self.stream.name) if self.stream.clips and params.evidence_dir else None)
         self.log = self.log.bind(stream=self.stream.name, url=redact(self.stream.url))
 
     def counters(self) -> dict[str, StreamCounters]:
@@ -181,8 +186,11 @@ class DecoderStage(Stage):
         start_pts = 0.0
         last_pts = pts_offset
         stats = self._pass = DecodeStats()
+        if self.clips is not None:
+            self.clips.start(container, pts_offset)
         for decoded in decode_frames(container, live=self.stream.is_live,
-                                     read_timeout_s=self.stream.retry.read_timeout_s, stats=stats):
+                                     read_timeout_s=self.stream.retry.read_timeout_s, stats=stats,
+                                     on_packet=self.clips.packet if self.clips is not None else None):
             if self.stop.is_set():
                 return False, frame_index, pts_offset
             if skip > 0:
@@ -210,6 +218,8 @@ class DecoderStage(Stage):
             frame_index += 1
             last_pts = pts
             self.beat()
+        if self.clips is not None:
+            self.clips.close()
         self._end_of_pass(container, stats)
         # Next loop of a looping file continues its timeline one frame after this one.
         step = 1.0 / float(container.streams.video[0].average_rate or 25)

@@ -116,6 +116,22 @@ class ZoneEvent(msgspec.Struct, frozen=True, tag="zone_event"):
     t_analysed_ns: int
 
 
+class Evidence(msgspec.Struct, frozen=True, tag="evidence", omit_defaults=True):
+    """sinks (evidence writer) -> the other sinks: the files that document event ``id``, once written.
+
+    Sent after the event itself (the writer works beside the sinks, never delaying them): once when the
+    snapshot is written, and again with ``clip`` set when the event's clip is done. Paths are API URLs."""
+
+    id: str  # the event's id (line_crossing / zone_event)
+    stream: str
+    event_type: str  # "line_crossing" | "zone_event"
+    ts: float  # Unix time of the event's frame
+    snapshot: str | None = None  # /api/events/<id>/snapshot.jpg
+    crop: str | None = None  # /api/events/<id>/crop.jpg
+    clip: str | None = None  # /api/events/<id>/clip.mp4
+    bytes: int = 0  # on disk for this record's files
+
+
 class CountUpdate(msgspec.Struct, frozen=True, tag="count_update"):
     """analytics -> sinks: the new all-time total of one (stream, line or zone, class, direction) after an
     event. For lines ``direction`` is ``in`` or ``out``; for zones (``kind`` = ``zone``) it is ``enter``
@@ -177,6 +193,7 @@ class StreamCounters(msgspec.Struct, omit_defaults=True):
     stage_hist: dict[str, tuple[list[int], float]] | None = None  # queue / infer / analyse (ms)
     events_written: int | None = None
     drained: bool | None = None
+    evidence: dict[str, int] | None = None  # sinks: evidence writer counters (snapshots, misses, drops)
 
 
 class OutboxCounters(msgspec.Struct, omit_defaults=True):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, Union
 
 from pydantic import TypeAdapter
 
-from streamd.config.models import InferenceConfig, PipelineConfig, SinkConfig, StreamConfig
+from streamd.config.models import ClipConfig, InferenceConfig, PipelineConfig, SinkConfig, StreamConfig
 from streamd.infer.postprocess import PostprocessParams
 
 
@@ -25,6 +25,7 @@ class DecoderParams:
     ring: str  # shared-memory ring the decoder writes into
     inference_endpoint: str  # where FrameReady messages go
     start_frame: int = 0  # finite sources: first frame to process (resume after a crash of the whole daemon)
+    evidence_dir: str = ""  # clips: where the decoder keeps its rolling segments (streamd/evidence/)
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,19 @@ class AnalyticsParams:
 
 
 @dataclass(frozen=True)
+class StreamEvidence:
+    """What the evidence writer needs of one stream: its pipeline (evidence settings, lines, zones) and clips."""
+
+    pipeline: PipelineConfig
+    clips: ClipConfig | None = None
+
+
+@dataclass(frozen=True)
 class SinksParams:
     sinks: list[SinkConfig]
     state_dir: str  # outboxes live here unless a sink names its own file
+    evidence_dir: str = ""  # snapshots, clips and their index (streamd/evidence/)
+    evidence: dict[str, StreamEvidence] = field(default_factory=dict)  # stream -> its evidence settings
 
 
 StageParams = Union[DecoderParams, InferenceParams, AnalyticsParams, SinksParams]

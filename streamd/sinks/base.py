@@ -3,9 +3,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from streamd.config.models import SinkConfig
-from streamd.ipc.messages import CountUpdate, LineCrossing, TrackedFrame, ZoneEvent
+from streamd.ipc.messages import CountUpdate, Evidence, LineCrossing, TrackedFrame, ZoneEvent
 
-SinkMessage = LineCrossing | ZoneEvent | TrackedFrame | CountUpdate
+SinkMessage = LineCrossing | ZoneEvent | TrackedFrame | CountUpdate | Evidence  # Evidence: from the evidence writer
 SINK_MESSAGE_TYPES = (LineCrossing, ZoneEvent, TrackedFrame, CountUpdate)
 EVENT_TYPES = (LineCrossing, ZoneEvent)  # events with a stable id
 
@@ -25,6 +25,8 @@ def event_id(message: SinkMessage) -> str:
         return message.id
     if isinstance(message, CountUpdate):
         return f"{message.stream}/count/{message.line}/{message.class_name}/{message.direction}/{message.total}"
+    if isinstance(message, Evidence):  # one record for the snapshot, one for the clip
+        return f"{message.stream}/evidence/{message.id}/{'clip' if message.clip else 'snapshot'}"
     return f"{message.stream}/tracks/{message.frame}/{message.t_decoded_ns}"
 
 

@@ -28,6 +28,7 @@ import zmq
 
 from streamd.config.models import JsonlSinkConfig, MqttSinkConfig, SinkConfig, WebhookSinkConfig, ZmqSinkConfig
 from streamd.ipc import sockets
+from streamd.evidence.writer import EvidenceShared, EvidenceSink, evidence_accepts
 from streamd.ipc.messages import OutboxCounters, StreamCounters, StreamEnd, StreamRemoved, TrackedFrame, pipeline_decoder
 from streamd.runtime.histogram import Histogram
 from streamd.runtime.params import SinksParams, expect
@@ -95,6 +96,14 @@ class SinksStage(Stage):
             self.sinks.append(guard)
             if network:
                 self.outboxes[name] = guard
+        self.evidence: EvidenceShared | None = None  # snapshots and clips (streamd/evidence/), a sink like the others
+        self._evidence_guard: GuardedSink | None = None
+        if params.evidence:
+            self.evidence = EvidenceShared()
+            root = Path(params.evidence_dir) if params.evidence_dir else state_dir(params) / "evidence"
+            self._evidence_guard = GuardedSink("evidence", partial(EvidenceSink, root, params.evidence, self.evidence),
+                                               evidence_accepts)
+            self.sinks.append(self._evidence_guard)
         self.inbox = sockets.pull(self.ctx, self.spec.endpoints.sinks, hwm=10_000)
         self._json = msgspec.json.Encoder()
         self._latency_ms: dict[str, deque[float]] = {}
@@ -146,6 +155,8 @@ class SinksStage(Stage):
             )
         for stream in self._drained - out.keys():
             out[stream] = StreamCounters(drained=True, events_written=self._events.get(stream, 0))
+        for stream, numbers in (self.evidence.snapshot() if self.evidence else {}).items():
+            out.setdefault(stream, StreamCounters()).evidence = numbers
         return out
 
     def heartbeat_extra(self) -> dict[str, Any]:
@@ -183,6 +194,19 @@ class SinksStage(Stage):
         """Re-open the sinks that are down and due for a retry."""
         for sink in self.sinks:
             sink.maintain()
+        self._publish_evidence()
+
+    def _publish_evidence(self) -> None:
+        """Hand the evidence writer's records (files written for an event) to the other sinks."""
+        records = self.evidence.take_records() if self.evidence else []
+        others = [sink for sink in self.sinks if sink is not self._evidence_guard]
+        for record in records:
+            payload = self._json.encode(record)
+            for sink in others:
+                sink.write(record, payload)
+        if records:
+            for sink in others:
+                sink.flush()
 
     def _close_sinks(self) -> None:
         """Close every sink; network sinks in parallel, as each may deliver for its shutdown grace time."""

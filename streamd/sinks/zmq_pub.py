@@ -10,7 +10,7 @@ from streamd.ipc.messages import TrackedFrame
 from streamd.sinks.base import SinkMessage
 
 TOPIC_OF = {"LineCrossing": "line_crossing", "ZoneEvent": "zone_event", "TrackedFrame": "tracks",
-            "CountUpdate": "count_update"}
+            "CountUpdate": "count_update", "Evidence": "evidence"}
 
 
 class ZmqPubSink:
