@@ -13,8 +13,9 @@ passed (so a node drops its streams no sooner than their leases could have been 
 own deadline passed is kept aside and extended, same epoch, on reconnection if nobody took it meanwhile.
 
 An outage every node saw moves no lease: each heartbeat stamps ``fleet_clock``; the first heartbeat after a
-silence of the whole fleet (longer than two heartbeats) extends every lease and membership by one TTL, so the
-nodes have a full TTL to come back before anyone's lease can be taken.
+silence of the whole fleet (longer than two heartbeats) extends every lease and membership that was current when the
+silence began by one TTL, so those nodes have a full TTL to come back before anyone's lease can be taken (nodes that
+were already dead stay dead).
 """
 
 from __future__ import annotations
@@ -137,14 +138,15 @@ class FleetNode:
         try:
             db = self._conn()
             with db.transaction():
-                silent = db.execute("SELECT now() - last_beat > make_interval(secs => %s) FROM fleet_clock "
-                                    "WHERE id = 1 FOR UPDATE", (gap,)).fetchone()[0]
-                if silent:  # nobody could reach the database: everyone gets a full TTL to come back
+                silent, last_beat = db.execute(
+                    "SELECT now() - last_beat > make_interval(secs => %s), last_beat FROM fleet_clock "
+                    "WHERE id = 1 FOR UPDATE", (gap,)).fetchone()
+                if silent:  # nobody reached the database: who was current then gets a full TTL to come back
                     extended = db.execute(
                         "UPDATE leases SET expires_at = greatest(expires_at, now() + make_interval(secs => %s)) "
-                        "WHERE owner IS NOT NULL", (ttl,)).rowcount
-                    db.execute("UPDATE nodes SET expires_at = greatest(expires_at, now() + make_interval(secs => %s))",
-                               (ttl,))
+                        "WHERE owner IS NOT NULL AND expires_at > %s", (ttl, last_beat)).rowcount
+                    db.execute("UPDATE nodes SET expires_at = greatest(expires_at, now() + make_interval(secs => %s)) "
+                               "WHERE expires_at > %s", (ttl, last_beat))
                     self.log.info("fleet_silence_credit", leases=extended, ttl_s=ttl,
                                   reason="no node reached the database for a while; no lease moves because of it")
                 db.execute("UPDATE fleet_clock SET last_beat = now() WHERE id = 1")

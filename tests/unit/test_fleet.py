@@ -375,8 +375,10 @@ def test_a_restarted_node_takes_its_streams_back_with_a_new_epoch(fleet: Callabl
 def test_an_outage_every_node_saw_moves_no_lease(fleet: Callable[..., Runner], pg_server: Any, pg_url: str) -> None:
     proxy = Proxy(pg_server.port)
     url = proxy.url(pg_url.rsplit("/", 1)[1])
-    runners = [fleet(n, url=url) for n in ("node-a", "node-b", "node-c")]
+    runners = [fleet(n, url=url) for n in ("node-a", "node-b", "node-c", "node-dead")]
     wait_until(lambda: settled(runners, pg_url), 20, "initial spread")
+    runners.pop().kill()  # a node that died before the outage stays dead through it
+    wait_until(lambda: settled(runners, pg_url), FAILOVER_S + 10, "spread over the three alive")
     leases = db_leases(pg_url)
     views = {r.node_id: r.owned() for r in runners}
     proxy.close()  # the database is gone for every node, for longer than a lease lasts
