@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from streamd.config.models import Strict
+
+class Strict(BaseModel):
+    # the same rules as streamd.config.models.Strict, without importing it: models.py imports this module
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _hostname() -> str:
