@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -32,8 +33,16 @@ def test_objects_whose_repr_shows_a_secret_are_replaced() -> None:
     assert redact_value(plain) is plain
 
 
-def test_log_lines_never_carry_the_secret(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("info", json=True, stage="test")
+@pytest.fixture
+def reset_logging() -> Iterator[None]:
+    """Back to structlog's defaults after the test: the capture's stderr it logged into closes with the test."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+def test_log_lines_never_carry_the_secret(capsys: pytest.CaptureFixture[str], reset_logging: None) -> None:
+    configure_logging("info", json=True, stage="test")  # in the test body: capsys's stream of the call phase
     log = structlog.get_logger("t")
     log.info("source_failed", url=URL, tried=[URL, f"https://h/x?api_key={SECRET}"], detail={"last": {"url": URL}})
     try:
