@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import av
 import numpy as np
@@ -28,8 +29,31 @@ _LIVE_OPTIONS = {"fflags": "nobuffer", "flags": "low_delay"}
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    image: np.ndarray  # H x W x 3 BGR uint8
+    """One decoded frame; its pixels are converted only when asked for, once."""
+
+    frame: av.VideoFrame
     pts_s: float
+
+    @property
+    def width(self) -> int:
+        return int(self.frame.width)
+
+    @property
+    def height(self) -> int:
+        return int(self.frame.height)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """H x W x 3 BGR uint8 (swscale)."""
+        return self.frame.to_ndarray(format="bgr24")
+
+    @cached_property
+    def i420(self) -> np.ndarray | None:
+        """The decoded planes as one I420 array (H * 3 / 2 x W, a copy without conversion), or None when the
+        frame is not 4:2:0 video range with even sides (full-range yuvj, 4:2:2, RGB sources: use ``image``)."""
+        if self.frame.format.name != "yuv420p" or self.frame.width % 2 or self.frame.height % 2:
+            return None
+        return self.frame.to_ndarray()
 
 
 @dataclass
@@ -95,7 +119,8 @@ def open_source(stream: StreamConfig) -> av.container.InputContainer:
 def decode_frames(container: av.container.InputContainer, live: bool,
                   read_timeout_s: float | None = None, stats: DecodeStats | None = None,
                   on_packet: Callable[[av.Packet], None] | None = None) -> Iterator[DecodedFrame]:
-    """Yield BGR frames. Live sources decode single-threaded: frame threading adds ~2 frames of delay.
+    """Yield frames (pixels converted on demand). Live sources decode single-threaded: frame threading adds ~2
+    frames of delay.
 
     ``read_timeout_s`` (live sources): a gap that long between packets is a stall. PyAV's own read timeout
     interrupts the blocked read, but the RTSP demuxer may hand over the truncated packet it was reading,
@@ -139,4 +164,4 @@ def decode_frames(container: av.container.InputContainer, live: bool,
             stats.frames += 1
             if frame.is_corrupt:
                 stats.corrupt_frames += 1
-            yield DecodedFrame(image=frame.to_ndarray(format="bgr24"), pts_s=pts_s)
+            yield DecodedFrame(frame=frame, pts_s=pts_s)

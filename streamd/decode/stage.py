@@ -11,12 +11,13 @@ import av
 import zmq
 
 from streamd.config.models import StreamConfig
-from streamd.decode.sources import DecodeStats, decode_frames, expected_frames, open_source, truncated
+from streamd.decode.sources import DecodedFrame, DecodeStats, decode_frames, expected_frames, open_source, truncated
 from streamd.errors import SourceError
 from streamd.evidence.segments import SegmentRecorder
 from streamd.evidence.paths import segments_dir
 from streamd.ipc import sockets
 from streamd.ipc.messages import FrameReady, StreamCounters, StreamEnd, encoder
+from streamd.infer.preprocess import letterbox_i420_into
 from streamd.ipc.ring import FrameRing, FrameTooLarge
 from streamd.redact import redact
 from streamd.runtime.backoff import Backoff
@@ -207,12 +208,11 @@ class DecoderStage(Stage):
                 self._wait_for_space()
                 if self.stop.is_set():
                     return False, frame_index, pts_offset
-            self.ring.check_fits(decoded.image)  # before "streaming": a frame too large fails the stream
+            self.ring.check_size(decoded.width, decoded.height)  # before "streaming": too large fails the stream
             if self.state != SourceState.STREAMING:
-                self._set_state(SourceState.STREAMING, width=decoded.image.shape[1], height=decoded.image.shape[0])
+                self._set_state(SourceState.STREAMING, width=decoded.width, height=decoded.height)
                 self.backoff.reset()
-            t_decoded = time.monotonic_ns()
-            seq = self.ring.write(decoded.image, frame_index, pts, time.time(), t_decoded)
+            seq, t_decoded = self._write(decoded, frame_index, pts)
             self._announce(seq, t_decoded)
             self.frames_decoded += 1
             frame_index += 1
@@ -224,6 +224,17 @@ class DecoderStage(Stage):
         # Next loop of a looping file continues its timeline one frame after this one.
         step = 1.0 / float(container.streams.video[0].average_rate or 25)
         return True, frame_index, last_pts + step
+
+    def _write(self, decoded: DecodedFrame, frame_index: int, pts: float) -> tuple[int, int]:
+        """Into the ring: 4:2:0 frames as their I420 planes plus, when the inference stage asked for them, the
+        model-ready pixels (converted and letterboxed here, once); any other frame as BGR. "Decoded" is stamped
+        before the conversion: it is part of the frame's way to its result."""
+        t_decoded = time.monotonic_ns()
+        yuv = decoded.i420 if self.ring.fits_i420(decoded.width, decoded.height) else None
+        if yuv is None:
+            return self.ring.write(decoded.image, frame_index, pts, time.time(), t_decoded), t_decoded
+        return self.ring.write_i420(yuv, decoded.width, decoded.height, frame_index, pts, time.time(), t_decoded,
+                                    letterbox_i420_into), t_decoded
 
     def _wait_for_space(self) -> None:
         """Files at full speed: block until the consumer released a slot (back-pressure, no drops)."""
@@ -260,5 +271,5 @@ class DecoderStage(Stage):
         seq = self.ring.write_seq
         if seq == 0:
             return -1
-        found = self.ring.read(seq)
-        return found[0].frame_index if found else -1
+        meta = self.ring.meta(seq)
+        return meta.frame_index if meta else -1

@@ -23,6 +23,8 @@ from typing import Any, Literal, get_args
 import cv2
 import numpy as np
 
+from streamd.ipc.ring import ModelInputRequest
+
 PadPosition = Literal["center", "top_left"]
 Resize = Literal["linear", "linear_float", "area"]
 RESIZE_MODES = get_args(Resize)
@@ -96,28 +98,73 @@ def _resize(image: np.ndarray, size: tuple[int, int], spec: PreprocessSpec, dst_
     return resized
 
 
+def letterbox_geometry(src_w: int, src_h: int, dst_w: int, dst_h: int,
+                       spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """Where the resized frame goes in the model input: (left, top, new_w, new_h)."""
+    if not spec.letterbox:
+        return 0, 0, dst_w, dst_h
+    ratio = min(dst_w / src_w, dst_h / src_h)
+    new_w, new_h = max(1, round(src_w * ratio)), max(1, round(src_h * ratio))
+    if spec.pad_position == "center":
+        return (dst_w - new_w) // 2, (dst_h - new_h) // 2, new_w, new_h
+    return 0, 0, new_w, new_h
+
+
 def letterbox_into(image: np.ndarray, dst: np.ndarray, spec: PreprocessSpec) -> Transform:
     """Resize ``image`` (H x W x 3 BGR uint8) into ``dst`` (h x w x 3, of ``spec.pixel_dtype``) as ``spec`` says;
     returns the transform. A uint8 ``dst`` with ``resize="linear_float"`` gets the float result rounded."""
     dst_h, dst_w = dst.shape[:2]
     src_h, src_w = image.shape[:2]
+    left, top, new_w, new_h = letterbox_geometry(src_w, src_h, dst_w, dst_h, spec)
     if not spec.letterbox:
         dst[...] = _resize(image, (dst_w, dst_h), spec, dst.dtype)
-        transform = Transform(dst_w / src_w, dst_h / src_h, 0.0, 0.0)
     else:
-        ratio = min(dst_w / src_w, dst_h / src_h)
-        new_w, new_h = max(1, round(src_w * ratio)), max(1, round(src_h * ratio))
-        if spec.pad_position == "center":
-            left, top = (dst_w - new_w) // 2, (dst_h - new_h) // 2
-        else:
-            left, top = 0, 0
         dst[...] = spec.pad_value
         dst[top : top + new_h, left : left + new_w] = _resize(image, (new_w, new_h), spec, dst.dtype)
-        # the scale each axis really got (sides are rounded to whole pixels), as ultralytics maps boxes back
-        transform = Transform(new_w / src_w, new_h / src_h, float(left), float(top))
     if spec.rgb:
         dst[...] = dst[..., ::-1]
-    return transform
+    # the scale each axis really got (sides are rounded to whole pixels), as ultralytics maps boxes back
+    return Transform(new_w / src_w, new_h / src_h, float(left), float(top))
+
+
+def prepares_in_decoder(spec: PreprocessSpec) -> bool:
+    """True when the decoder can make this model's input (8-bit pixels; ``linear_float`` stays in inference)."""
+    return spec.pixel_dtype == np.uint8
+
+
+def model_input_request(spec: PreprocessSpec, input_hw: tuple[int, int]) -> ModelInputRequest:
+    """What the inference stage asks a decoder for (FrameRing.request_model_input) for this model."""
+    return ModelInputRequest(width=input_hw[1], height=input_hw[0], letterbox=spec.letterbox,
+                             top_left=spec.pad_position == "top_left", pad_value=spec.pad_value, rgb=spec.rgb,
+                             area=spec.resize == "area")
+
+
+def spec_of_request(request: ModelInputRequest) -> PreprocessSpec:
+    return PreprocessSpec(letterbox=request.letterbox, pad_position="top_left" if request.top_left else "center",
+                          pad_value=request.pad_value, rgb=request.rgb, resize="area" if request.area else "linear")
+
+
+def letterbox_i420_into(request: ModelInputRequest, yuv: np.ndarray, width: int, height: int,
+                        dst: np.ndarray) -> tuple[float, float, float, float]:
+    """The decoder's half of "decode into what the model needs": one I420 frame (``height * 3 / 2`` x ``width``)
+    converted to the model's channel order and letterboxed into ``dst`` (the ring slot's model area, uint8
+    ``request.height x request.width x 3``). Pixel for pixel what :func:`letterbox_into` makes of
+    :meth:`FrameRing.read`'s BGR frame (the same OpenCV conversion, the same resize). Returns the transform."""
+    spec = spec_of_request(request)
+    full = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420 if request.rgb else cv2.COLOR_YUV2BGR_I420)
+    left, top, new_w, new_h = letterbox_geometry(width, height, request.width, request.height, spec)
+    interpolation = cv2.INTER_AREA if request.area else cv2.INTER_LINEAR
+    if (new_w, new_h) != (request.width, request.height):
+        dst[:top] = request.pad_value
+        dst[top + new_h:] = request.pad_value
+        dst[top : top + new_h, :left] = request.pad_value
+        dst[top : top + new_h, left + new_w:] = request.pad_value
+    region = dst[top : top + new_h, left : left + new_w]
+    if (new_w, new_h) == (width, height):
+        region[...] = full
+    else:
+        cv2.resize(full, (new_w, new_h), dst=region, interpolation=interpolation)
+    return new_w / width, new_h / height, float(left), float(top)
 
 
 def to_tensor(batch: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> np.ndarray:

@@ -215,3 +215,28 @@ def test_forget_resets_a_stream() -> None:
     assert not b.has_pending("a") and b.dropped == {} and b.next_seq("a") == 1
     b.offer("a", 1, False, now=2.0)
     assert items(b.take(3.0)) == [("a", 1)]
+
+
+def test_choose_batch_batches_only_where_it_pays() -> None:
+    from streamd.infer.batcher import choose_batch
+
+    assert choose_batch({1: 9.5, 2: 9.3, 4: 9.0}) == 1  # CPU: within 10 % of the best, no batching
+    assert choose_batch({1: 4.0, 2: 2.2, 4: 1.2, 8: 1.1}) == 4  # GPU-like: batching pays
+    assert choose_batch({}) == 1
+
+
+def test_a_held_stream_is_not_taken_until_released() -> None:
+    b = Batcher(max_batch=2, max_wait_s=0.005)
+    b.offer("a", 1, True, 0.0)
+    b.offer("b", 1, True, 0.0)
+    assert {i.stream for i in b.take(0.0)} == {"a", "b"}
+    b.hold("a")
+    b.offer("a", 2, True, 0.01)
+    b.offer("a", 3, True, 0.02)
+    assert b.seconds_until_due(0.02) is None
+    b.offer("b", 2, True, 0.02)
+    assert b.seconds_until_due(0.02) == 0.0  # b is the only stream that could add a frame
+    assert [(i.stream, i.seq) for i in b.take(0.02)] == [("b", 2)]
+    b.unhold("a")
+    assert [(i.stream, i.seq) for i in b.take(0.03)] == [("a", 3)]  # the newest; 2 dropped
+    assert b.dropped["a"] == 1

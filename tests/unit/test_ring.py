@@ -373,3 +373,52 @@ def test_cross_process_writer_parent_reader(make_ring) -> None:
 def test_ring_generation_round_trips_through_the_name() -> None:
     for generation in (0, 1, 7, 123):
         assert ring_generation(ring_name(4321, "cam-1_a", generation)) == generation
+
+
+def _i420(width: int = 16, height: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(16, 236, (height * 3 // 2, width), dtype=np.uint8)
+
+
+def test_i420_frames_read_back_as_full_resolution_bgr(make_ring) -> None:
+    import cv2
+
+    ring = make_ring(n_slots=4, max_width=16, max_height=8)
+    yuv = _i420()
+    seq = ring.write_i420(yuv, 16, 8, frame_index=3, pts_s=0.1, wall_ts=1.0, t_decoded_ns=5)
+    meta, image = ring.read(seq)
+    assert (meta.width, meta.height, meta.frame_index) == (16, 8, 3)
+    assert np.array_equal(image, cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420)) and ring.still_valid(seq)
+    assert ring.read_model(seq, 1) is None  # nobody asked for model-ready pixels
+
+
+def test_model_ready_pixels_follow_the_consumers_request(make_ring) -> None:
+    from streamd.infer.preprocess import PreprocessSpec, letterbox_i420_into, letterbox_into, model_input_request
+
+    ring = make_ring(n_slots=4, max_width=64, max_height=32)
+    reader = FrameRing.attach(ring.name)
+    try:
+        spec = PreprocessSpec()
+        gen = reader.request_model_input(model_input_request(spec, (16, 16)))
+        yuv = _i420(64, 32)
+        seq = ring.write_i420(yuv, 64, 32, 0, 0.0, 0.0, 0, letterbox_i420_into)
+        meta, view, transform = reader.read_model(seq, gen)
+        _, bgr = reader.read(seq)
+        expected = np.zeros((16, 16, 3), np.uint8)
+        t = letterbox_into(bgr, expected, spec)
+        assert np.array_equal(view, expected)  # the decoder's pixels are the inference stage's own
+        assert transform == (t.scale_x, t.scale_y, t.pad_x, t.pad_y)
+        newer = reader.request_model_input(model_input_request(PreprocessSpec(letterbox=False), (8, 16)))
+        assert reader.read_model(seq, newer) is None  # made for the old request
+        seq = ring.write_i420(yuv, 64, 32, 1, 0.0, 0.0, 0, letterbox_i420_into)
+        assert reader.read_model(seq, newer)[1].shape == (8, 16, 3)
+        seq = ring.write(np.zeros((32, 64, 3), np.uint8), 2, 0.0, 0.0, 0)
+        assert reader.read_model(seq, newer) is None  # a BGR frame has none
+    finally:
+        reader.close()
+
+
+def test_model_input_that_does_not_fit_is_not_requested(make_ring) -> None:
+    ring = make_ring(n_slots=4, max_width=16, max_height=8)
+    assert not ring.model_input_fits(320, 320) and ring.model_input_fits(4, 4)
+    assert not ring.fits_i420(15, 8)
