@@ -83,7 +83,11 @@ def test_smoke_streamd_plain_limits_and_outputs(smoke: dict[str, Any]) -> None:
     assert [r["batch"] for r in limits["ort"]["by_batch"]] == [1, 2]
     assert limits["ort"]["fps_model_only"] == max(r["model_images_per_s"] for r in limits["ort"]["by_batch"])
     goals = result["summary"]["goals"]
-    assert set(goals) == {"s1_p99_le_50ms", "s2_2x_streams_of_best_alternative", "s3_85pct_of_ort_limit"}
+    assert set(goals) == {"s1_p99_le_50ms", "s1_lag_p99_le_plain_and_p50_within_15pct_of_floor",
+                          "s2_1.3x_best_and_85pct_of_bound", "s3_90pct_of_bound_and_1.05x_best"}  # S2 x1 only: no CPU goal
+    bound = limits["bound"]
+    assert bound["fps"] > 0 and bound["streams"] >= 0 and bound["s1_floor_ms"] > 0
+    assert set(bound["cost_cpu_ms"]) == {"decode", "preprocess", "ort", "postprocess", "tracking"}
     assert all(isinstance(g["met"], bool) for g in goals.values())
     with (out / "runs.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         frames = limits_mod.sample_frames(s3_file, 16)
         limits["ort"] = limits_mod.ort_limit(args.model, frames, args.ort_batches, args.ort_runs,
                                              warmup=max(2, args.ort_runs // 10))
+        # the bound: per-frame CPU costs of every step at its best, on the S2 clip's frame size
+        limits["bound"] = limits_mod.bound(args.model, s2_file or s3_file, s1_file, frames, args.ort_batches,
+                                           max(3, args.ort_runs // 4), float(args.s2_fps))
         progress.update(1)
     s3_frames = frame_count(s3_file) * args.s3_files if s3_file is not None else 0
     if s3_file is not None:
