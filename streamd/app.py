@@ -12,6 +12,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from streamd.control.status import StatusBuilder
 from streamd.control.streams import StreamRegistry
 from streamd.errors import ModelError
 from streamd.ipc.ring import remove_orphaned_rings
+from streamd.ipc.messages import HealthReset, encoder
 from streamd.ipc.sockets import Endpoints
 from streamd.runtime.sd_notify import SystemdNotifier
 from streamd.runtime.stage import stage_name
@@ -63,6 +65,7 @@ class Daemon:
         self._reload_requested: str | None = None  # before the reload controller exists
         self._config_stamp = self._stamp()
 
+        self._health_resets: deque[str] = deque(maxlen=100)  # streams whose health reference to learn again
     @property
     def config(self) -> DaemonConfig:
         return self.state.config
@@ -78,6 +81,21 @@ class Daemon:
             self._reload_requested = reason
 
     # --- start ---------------------------------------------------------------------------------------
+
+    def request_health_reset(self, stream: str) -> bool:
+        """Thread-safe: the watch loop tells the health stage to learn the stream's reference view again.
+        False when the stream is not running."""
+        if self.state.streams.get(stream) is None:
+            return False
+        self._health_resets.append(stream)
+        return True
+
+    def _forward_health_resets(self) -> None:
+        assert self.supervisor is not None
+        while self._health_resets:
+            stream = self._health_resets.popleft()
+            if not self.supervisor.send_to(self.endpoints.health, encoder.encode(HealthReset(stream=stream))):
+                log.warning("camera_health_reset_dropped", stream=stream, reason="health stage not receiving")
 
     def _resolve_pipelines(self) -> None:
         used = {s.pipeline for s in self.config.active_streams}
@@ -252,6 +270,7 @@ class Daemon:
         return 0
 
     def _note_finished_streams(self, counters: dict[str, dict[str, Any]]) -> None:
+            self._forward_health_resets()
         assert self.supervisor is not None
         for entry in self.state.streams.running():
             name = entry.config.name

@@ -87,6 +87,11 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     rows = store.counts(args.stream, since=since, until=until)
     zones = store.zone_counts(args.stream, since=since, until=until)
     store.close()
+    from streamd.health.store import HealthStore
+
+    health_store = HealthStore(counts_cfg.path, readonly=True)
+    unhealthy = health_store.unhealthy(since=since, until=until, stream=args.stream)
+    health_store.close()
     window = f"{start.isoformat()} .. {end.isoformat()}" if start and end else "all time"
     if args.json:
         print(json.dumps({"window": args.window, "from": start.isoformat() if start else None,
@@ -95,7 +100,9 @@ def _cmd_counts(args: argparse.Namespace) -> int:
                                      for (s, ln, c, d), n in rows.items()],
                           "zones": [{"stream": s, "zone": z, "class": c, "visits": v.visits, "exits": v.exits,
                                      "mean_dwell_s": None if v.mean_dwell_s is None else round(v.mean_dwell_s, 3)}
-                                    for (s, z, c), v in zones.items()]}))
+                                    for (s, z, c), v in zones.items()],
+                          "unhealthy": {s: {"seconds": u.seconds, "window_s": u.window_s, "checks": list(u.checks),
+                                            "text": u.describe()} for s, u in unhealthy.items()}}))
         return 0
     print(f"counts ({args.window}: {window}) from {counts_cfg.path}")
     if not rows and not zones:
@@ -105,6 +112,8 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     for (stream, zone, cls), visit in zones.items():
         dwell = "-" if visit.mean_dwell_s is None else f"{visit.mean_dwell_s:.1f} s"
         print(f"  {stream:<16} {zone:<12} {cls:<14} visits {visit.visits:>8}  mean dwell {dwell}")
+    for stream, bad in unhealthy.items():  # counts recorded while the camera was unhealthy are not to be trusted
+        print(f"  {stream:<16} camera health: {bad.describe()}")
     return 0
 
 

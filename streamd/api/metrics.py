@@ -20,6 +20,7 @@ from streamd.runtime.histogram import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_MS
 
 
 SeriesKey = tuple[str, ...]
+HEALTH_LEVELS = {"ok": 0, "warning": 1, "failed": 2}
 SERIES_TTL_S = 3600.0  # forget the reset offset of a series not exported for this long (a removed stream)
 
 
@@ -123,6 +124,13 @@ class DaemonCollector(Collector):
             for step, hist in (c.get("stage_hist") or {}).items():
                 _histogram(stage_latency, [name, step], hist, LATENCY_BUCKETS_MS, 1e-3, mono)
         yield from (fps, frames, dropped, reconnects, up, queue, events, latency, stage_latency)
+
+        health = GaugeMetricFamily("streamd_camera_health", "Camera health check state: 0 ok, 1 warning, 2 failed.",
+                                   labels=["stream", "check"])
+        for name, s in streams.items():
+            for check, state in (s.get("health") or {}).items():
+                health.add_metric([name, check], float(HEALTH_LEVELS.get(state, 0)))
+        yield health
 
         infer = HistogramMetricFamily("streamd_inference_seconds", "ONNX Runtime time per batch.", labels=["stage"])
         batch = HistogramMetricFamily("streamd_batch_size", "Frames per inference batch.", labels=["stage"])

@@ -162,6 +162,15 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def health_reset(request: Request) -> Response:
+        """Learn the stream's camera health reference again (after a deliberate camera move)."""
+        stream = request.path_params["stream"]
+        reset = getattr(view, "request_health_reset", None)
+        if stream not in view.snapshot.get("streams", {}) or reset is None or not reset(stream):
+            return JSONResponse({"error": f"no running stream {stream}"}, status_code=404)
+        log.info("camera_health_reset_requested", stream=stream)
+        return JSONResponse({"stream": stream, "reset": True}, status_code=202)
+
     async def index(request: Request) -> Response:
         # the page may be opened as /?token=...: keep that URL out of Referer headers
         return HTMLResponse(page, headers={"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})
@@ -207,6 +216,7 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
         Route("/preview/{stream}.mjpg", mjpeg), Route("/preview/{stream}.jpg", snapshot_jpeg),
     ])
 
+        Route("/api/streams/{stream}/health/reset", health_reset, methods=["POST"]),
     app.add_middleware(ApiGuard, token=token, loopback_only=view.config.api.host in LOOPBACK_HOSTS)
     return app
 
@@ -327,14 +337,32 @@ def _read_counts(config: DaemonConfig, window: str, stream: str | None) -> dict[
         "window": window, "from": start.isoformat() if start else None, "to": end.isoformat() if end else None,
         "lines": [{"stream": s, "line": ln, "class": c, "direction": d, "count": n} for (s, ln, c, d), n in lines.items()],
         "zones": [{"stream": s, "zone": z, "class": c, "visits": v.visits, "exits": v.exits,
+    unhealthy = _read_unhealthy(config.counts.path, stream, since, until)
                    "mean_dwell_s": v.mean_dwell_s} for (s, z, c), v in zones.items()],
     }
 
 
 class ApiServer:
+        "unhealthy": unhealthy,
     """uvicorn in a daemon thread; ``port`` is the bound port (useful with ``port: 0``)."""
 
     def __init__(self, app: Starlette, config: ApiConfig):
+def _read_unhealthy(path: str, stream: str | None, since: float | None, until: float | None) -> dict[str, Any]:
+    """Per stream: how long camera health was not ok in the window, and which checks (streamd/health/store.py)."""
+    from streamd.health.store import HealthStore
+
+    try:
+        store = HealthStore(path, readonly=True)
+    except FileNotFoundError:
+        return {}
+    try:
+        found = store.unhealthy(since=since, until=until, stream=stream)
+    finally:
+        store.close()
+    return {name: {"seconds": u.seconds, "window_s": u.window_s, "checks": list(u.checks), "text": u.describe()}
+            for name, u in found.items()}
+
+
         self._server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                                      access_log=False, lifespan="off"))
         # The supervisor owns signals: uvicorn installs none outside the main thread, and older versions that

@@ -75,6 +75,7 @@ def build(config: DaemonConfig, counters: dict[str, dict[str, Any]], fps: dict[s
             "events": c.get("crossings", 0),
             "queue_depth": queue_depth.get(stream.name),
             "ring": rings.get(stream.name),
+            "health": c.get("health") or {},  # camera health: check -> ok | warning | failed (health stage)
             # a file that ended before its container said it would, or packets the decoder refused
             "warning": _redacted(c.get("warning")),
             "source": {"frames_expected": c.get("frames_expected"), "truncated": bool(c.get("truncated")),

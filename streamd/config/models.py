@@ -46,6 +46,72 @@ class SourceRetryConfig(BackoffConfig):
 
 class ClipConfig(Strict):
     """Event clips of one stream (streamd/evidence/): encoded packets kept in rolling segments, remuxed, never re-encoded."""
+class FrozenCheckConfig(Strict):
+    enabled: bool = Field(True, description="Alarm when the picture does not change while frames keep arriving.")
+    after_s: float = Field(10.0, gt=0, le=3600, description="Seconds without change before the check fails.")
+    pixel_noise: int = Field(6, ge=0, le=255, description="Grey levels a pixel of the downscaled picture may "
+                             "change by noise and compression between samples.")
+    max_changed: float = Field(
+        0.0005, ge=0, le=1,
+        description="Fraction of pixels changed beyond pixel_noise between samples below which nothing moved.",
+    )
+
+
+class BlackoutCheckConfig(Strict):
+    enabled: bool = Field(True, description="Alarm on a dark, covered or near-uniform picture, or a brightness drop.")
+    after_s: float = Field(3.0, gt=0, le=3600, description="Seconds the condition must hold before the state changes.")
+    dark_level: float = Field(18.0, ge=0, le=255, description="Mean grey level below which the picture is black (failed).")
+    min_contrast: float = Field(4.0, ge=0, le=128, description="Grey-level standard deviation below which the "
+                                "picture is uniform: covered lens, test picture (failed).")
+    drop_ratio: float = Field(0.4, gt=0, lt=1, description="Warning when brightness falls below this fraction of "
+                              "the stream's learned baseline (lights out, iris stuck).")
+
+
+class BlurCheckConfig(Strict):
+    enabled: bool = Field(True, description="Alarm when sharpness falls well below the stream's learned baseline.")
+    after_s: float = Field(5.0, gt=0, le=3600, description="Seconds the condition must hold before the state changes.")
+    warning_ratio: float = Field(0.5, gt=0, lt=1, description="Sharpness (variance of the Laplacian, contrast-"
+                                 "normalised) below this fraction of the baseline: warning.")
+    failed_ratio: float = Field(0.3, gt=0, lt=1, description="Below this fraction of the baseline: failed.")
+
+
+class MovedCheckConfig(Strict):
+    enabled: bool = Field(True, description="Alarm when the view shifted or rotated against the reference learned at "
+                          "start (POST /api/streams/<name>/health/reset learns it again).")
+    after_s: float = Field(3.0, gt=0, le=3600, description="Seconds the condition must hold before the state changes.")
+    warning_shift: float = Field(0.015, gt=0, le=1, description="Shift of the picture centre, as a fraction of the "
+                                 "width, from which the check warns.")
+    failed_shift: float = Field(0.03, gt=0, le=1, description="Shift (fraction of the width) from which it fails.")
+    warning_deg: float = Field(1.0, gt=0, le=180, description="Rotation in degrees from which the check warns.")
+    failed_deg: float = Field(2.0, gt=0, le=180, description="Rotation in degrees from which it fails.")
+
+
+class StarvationCheckConfig(Strict):
+    enabled: bool = Field(False, description="Alarm when a stream that usually has detections has none (off by "
+                          "default: many scenes are legitimately empty for long).")
+    after_s: float = Field(120.0, gt=0, le=86400, description="Seconds without any detection before the check warns.")
+    min_busy_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="Only streams whose history has detections in at least this fraction of minutes are checked.",
+    )
+
+
+class HealthConfig(Strict):
+    """Camera health checks of one stream (streamd/health/): run on a small grey copy of 1-2 frames a second."""
+
+    enabled: bool = Field(True, description="Run the camera health checks on this stream.")
+    sample_fps: float = Field(2.0, gt=0, le=10, description="Frames checked per second.")
+    learn_s: float = Field(5.0, ge=0, le=3600, description="Seconds at start (and after a reset) during which the "
+                           "baselines (brightness, sharpness) and the reference view are learned.")
+    clear_s: float = Field(3.0, ge=0, le=3600, description="A check goes back to ok after its condition is gone "
+                           "this long (hysteresis).")
+    frozen: FrozenCheckConfig = Field(default_factory=FrozenCheckConfig)
+    blackout: BlackoutCheckConfig = Field(default_factory=BlackoutCheckConfig)
+    blur: BlurCheckConfig = Field(default_factory=BlurCheckConfig)
+    moved: MovedCheckConfig = Field(default_factory=MovedCheckConfig)
+    starvation: StarvationCheckConfig = Field(default_factory=StarvationCheckConfig)
+
+
 
     pre_s: float = Field(5.0, ge=0, le=120, description="Seconds of video before the event in its clip.")
     post_s: float = Field(5.0, ge=0, le=120, description="Seconds of video after the event in its clip.")
@@ -77,6 +143,7 @@ class StreamConfig(Strict):
     retry: SourceRetryConfig = Field(default_factory=SourceRetryConfig)
     clips: ClipConfig | None = Field(None, description="Keep encoded video and write an MP4 clip around each event (evidence).")
 
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Camera health checks (frozen, blackout, blur, moved); on by default.")
     @property
     def kind(self) -> Literal["file", "rtsp", "v4l2"]:
         return source_kind(self.url)

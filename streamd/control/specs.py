@@ -11,6 +11,7 @@ from streamd.control.streams import StreamRegistry
 from streamd.ipc.sockets import Endpoints
 from streamd.evidence.paths import evidence_dir
 from streamd.runtime.params import AnalyticsParams, DecoderParams, InferenceParams, SinksParams, StreamEvidence
+from streamd.runtime.params import HealthParams, HealthStream
 from streamd.runtime.stage import StageSpec
 
 
@@ -87,3 +88,8 @@ class StageSpecs:
             stream=entry.config, ring=entry.ring, inference_endpoint=self.endpoints.inference(pipeline.model_key),
             start_frame=entry.start_frame,
             evidence_dir=str(evidence_dir(self.state_dir)) if entry.config.clips is not None else ""))
+
+    def health(self) -> StageSpec:
+        streams = {e.config.name: HealthStream(ring=e.ring, health=e.config.health)
+                   for e in sorted(self.state.streams.running(), key=lambda e: e.config.name) if e.config.health.enabled}
+        return self._spec("health", "", HealthParams(streams=streams, store=self.state.config.counts.path))

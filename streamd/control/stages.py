@@ -33,6 +33,8 @@ class Stages:
         sup, specs = self.supervisor, self.specs
         names = [sup.add(specs.sinks, critical=True), sup.add(specs.analytics, critical=True)]
         keys = sorted({p.model_key for p in self.state.pipelines.values()})
+        # camera health: beside the pipeline, not critical (counting goes on without it)
+        names.append(sup.add(specs.health, critical=False))
         return names + [self.add_inference(key) for key in keys]
 
     def add_inference(self, model_key: str) -> str:
@@ -53,7 +55,7 @@ class Stages:
 
     def refresh_shared(self) -> list[str]:
         self.stop_unused_inference()
-        names = [*self.supervisor.names("analytics"), *self.supervisor.names("inference")]
+        names = [*self.supervisor.names("analytics"), *self.supervisor.names("inference"), *self.supervisor.names("health")]
         for name in names:
             self.supervisor.refresh(name)
         return names

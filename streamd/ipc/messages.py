@@ -164,6 +164,26 @@ class Reconfigure(msgspec.Struct, frozen=True, tag="reconfigure"):
     config_hash: str
 
 
+class CameraHealth(msgspec.Struct, frozen=True, tag="camera_health"):
+    """health stage -> sinks: one camera health check of a stream changed state (``ok``, ``warning``,
+    ``failed``). ``checks`` is every check's state after the change; ``detail`` what the check measured."""
+
+    id: str
+    stream: str
+    check: str  # frozen | blackout | blur | moved | starvation
+    state: str
+    previous: str
+    ts: float
+    checks: dict[str, str]
+    detail: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class HealthReset(msgspec.Struct, frozen=True, tag="health_reset"):
+    """supervisor -> health stage: learn the stream's baselines and reference view again (a deliberate move)."""
+
+    stream: str
+
+
 class StreamCounters(msgspec.Struct, omit_defaults=True):
     """Per-stream numbers a stage reports in its heartbeat; each stage fills the fields it owns."""
 
@@ -193,6 +213,7 @@ class StreamCounters(msgspec.Struct, omit_defaults=True):
     stage_hist: dict[str, tuple[list[int], float]] | None = None  # queue / infer / analyse (ms)
     events_written: int | None = None
     drained: bool | None = None
+    health: dict[str, str] | None = None  # health stage: check -> ok | warning | failed
     evidence: dict[str, int] | None = None  # sinks: evidence writer counters (snapshots, misses, drops)
 
 
@@ -241,7 +262,7 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
 
 
 PipelineMessage = Union[FrameReady, StreamEnd, StreamRemoved, Reconfigure, Detections, TrackedFrame, LineCrossing,
-                        ZoneEvent, CountUpdate]
+                        ZoneEvent, CountUpdate, CameraHealth, HealthReset]
 
 encoder = msgspec.msgpack.Encoder()
 pipeline_decoder = msgspec.msgpack.Decoder(PipelineMessage)

@@ -33,6 +33,11 @@ class Endpoints:
         return f"ipc://{self.runtime_dir}/sinks"
 
     @property
+    def health(self) -> str:
+        """supervisor -> health stage: Reconfigure and HealthReset messages."""
+        return f"ipc://{self.runtime_dir}/health"
+
+    @property
     def preview(self) -> str:
         """analytics PUB -> API SUB: tracked frames for the live preview (dropped when nobody subscribes)."""
         return f"ipc://{self.runtime_dir}/preview"

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, Union
 
 from pydantic import TypeAdapter
 
-from streamd.config.models import ClipConfig, InferenceConfig, PipelineConfig, SinkConfig, StreamConfig
+from streamd.config.models import ClipConfig, HealthConfig, InferenceConfig, PipelineConfig, SinkConfig, StreamConfig
 from streamd.infer.postprocess import PostprocessParams
 
 
@@ -65,9 +65,21 @@ class SinksParams:
     evidence: dict[str, StreamEvidence] = field(default_factory=dict)  # stream -> its evidence settings
 
 
-StageParams = Union[DecoderParams, InferenceParams, AnalyticsParams, SinksParams]
-LiveParams = Union[InferenceParams, AnalyticsParams]  # the kinds that take a Reconfigure while running
-P = TypeVar("P", DecoderParams, InferenceParams, AnalyticsParams, SinksParams)
+@dataclass(frozen=True)
+class HealthStream:
+    ring: str  # the stream's shared-memory ring (the health stage reads its newest frame)
+    health: HealthConfig
+
+
+@dataclass(frozen=True)
+class HealthParams:
+    streams: dict[str, HealthStream]  # stream -> its ring and health config (streams with health enabled)
+    store: str  # count store path: unhealthy intervals are recorded beside the counts
+
+
+StageParams = Union[DecoderParams, InferenceParams, AnalyticsParams, SinksParams, HealthParams]
+LiveParams = Union[InferenceParams, AnalyticsParams, HealthParams]  # the kinds that take a Reconfigure while running
+P = TypeVar("P", DecoderParams, InferenceParams, AnalyticsParams, SinksParams, HealthParams)
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 

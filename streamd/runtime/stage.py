@@ -33,12 +33,13 @@ _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 
 
-StageKind = Literal["decoder", "inference", "analytics", "sinks"]
+StageKind = Literal["decoder", "inference", "analytics", "sinks", "health"]
 _ENTRIES: dict[str, str] = {
     "decoder": "streamd.decode.stage:DecoderStage",
     "inference": "streamd.infer.stage:InferenceStage",
     "analytics": "streamd.analytics.stage:AnalyticsStage",
     "sinks": "streamd.sinks.stage:SinksStage",
+    "health": "streamd.health.stage:HealthStage",
 }
 _PREFIXES: dict[str, str] = {"decoder": "decode", "inference": "infer"}
 

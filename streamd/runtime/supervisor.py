@@ -23,7 +23,7 @@ from streamd.config.models import SupervisorConfig
 from streamd.ipc import sockets
 from streamd.ipc.messages import Heartbeat, Reconfigure, StreamCounters, encoder, heartbeat_decoder
 from streamd.runtime.backoff import Backoff
-from streamd.runtime.params import AnalyticsParams, InferenceParams, params_to_json
+from streamd.runtime.params import AnalyticsParams, HealthParams, InferenceParams, params_to_json
 from streamd.runtime.stage import EXIT_FAILED, StageKind, StageSpec, run_stage
 
 log = structlog.get_logger()
@@ -162,6 +162,8 @@ class Supervisor:
             endpoint = self.endpoints.analytics
         elif isinstance(params, InferenceParams):
             endpoint = self.endpoints.inference(params.model_key)
+        elif isinstance(params, HealthParams):
+            endpoint = self.endpoints.health
         else:
             return  # decoders and sinks take their parameters at spawn only
         handle.reconfigured_at = now
@@ -173,6 +175,17 @@ class Supervisor:
             sock.send(encoder.encode(message), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the stage is not reading (restarting, busy): the next tick sends again
+
+    def send_to(self, endpoint: str, payload: bytes) -> bool:
+        """Best effort: one control message to a stage's inbox (e.g. a HealthReset); False when not taken."""
+        sock = self._to_stage.get(endpoint)
+        if sock is None:
+            sock = self._to_stage[endpoint] = sockets.push(self._ctx, endpoint, hwm=100)
+        try:
+            sock.send(payload, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
 
     def wait_ready(self, names: list[str], timeout_s: float) -> list[str]:
         """Wait until each named stage sent its first heartbeat (it beats once set up); returns the laggards."""
@@ -217,7 +230,7 @@ class Supervisor:
 
     def stop_all(self) -> None:
         """Stop sources first, then each stage downstream, so each drains what upstream already sent."""
-        order = {"decoder": 0, "inference": 1, "analytics": 2, "sinks": 3}
+        order = {"decoder": 0, "health": 1, "inference": 1, "analytics": 2, "sinks": 3}
         for name in sorted(self._stages, key=lambda n: order[self._stages[n].spec.kind]):
             self.stop_stage(name)
         for handle, _ in self._retiring:

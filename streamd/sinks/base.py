@@ -3,11 +3,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from streamd.config.models import SinkConfig
-from streamd.ipc.messages import CountUpdate, Evidence, LineCrossing, TrackedFrame, ZoneEvent
+from streamd.ipc.messages import CameraHealth, CountUpdate, Evidence, LineCrossing, TrackedFrame, ZoneEvent
 
-SinkMessage = LineCrossing | ZoneEvent | TrackedFrame | CountUpdate | Evidence  # Evidence: from the evidence writer
-SINK_MESSAGE_TYPES = (LineCrossing, ZoneEvent, TrackedFrame, CountUpdate)
-EVENT_TYPES = (LineCrossing, ZoneEvent)  # events with a stable id
+SinkMessage = LineCrossing | ZoneEvent | TrackedFrame | CountUpdate | Evidence | CameraHealth  # Evidence: from the evidence writer
+SINK_MESSAGE_TYPES = (LineCrossing, ZoneEvent, TrackedFrame, CountUpdate, CameraHealth)
+EVENT_TYPES = (LineCrossing, ZoneEvent, CameraHealth)  # events with a stable id
 
 
 def type_of(message: SinkMessage) -> str:
