@@ -117,6 +117,23 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_events_export(args: argparse.Namespace) -> int:
+    from streamd.config import load_config
+    from streamd.evidence.api import parse_time
+    from streamd.evidence.export import export_events
+    from streamd.evidence.query import QueryError
+
+    try:
+        loaded = load_config(args.config)
+        since, until = parse_time(args.since, "--since"), parse_time(args.until, "--until")
+    except (ConfigError, QueryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    n = export_events(loaded.config, Path(args.out), since, until, stream=args.stream)
+    print(f"{n} events written to {args.out}/events.csv and events.json, evidence files in {args.out}/files")
+    return 0
+
+
 def _cmd_model_inspect(args: argparse.Namespace) -> int:
     from streamd.infer.inspect import run_cli
 
@@ -144,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file (exit 0 valid, 1 invalid)")
     validate.add_argument("config")
     validate.set_defaults(func=_cmd_validate)
+    events = sub.add_parser("events", help="events and their evidence").add_subparsers(dest="events_command",
+                                                                                     required=True)
+    export = events.add_parser("export", help="events of a time window as CSV and JSON with their snapshots and clips")
+    export.add_argument("config", help="the daemon config (gives the count store and the evidence folder)")
+    export.add_argument("--since", help="from this time (Unix seconds or ISO 8601, e.g. 2026-12-01T08:00:00Z)")
+    export.add_argument("--until", help="up to this time (exclusive)")
+    export.add_argument("--stream", help="only this stream")
+    export.add_argument("--out", required=True, help="folder to write events.csv, events.json and files/ into")
+    export.set_defaults(func=_cmd_events_export)
     model = sub.add_parser("model", help="model files").add_subparsers(dest="model_command", required=True)
     inspect = model.add_parser("inspect", help="adapter, input size, classes, batch axis, precision and latency "
                                "of MODEL as the daemon would read it")

@@ -44,6 +44,7 @@ from streamd.analytics.store import CountStore, ShiftSchedule, hour_window
 from streamd.api.metrics import registry_for
 from streamd.api.preview import PreviewHub
 from streamd.config.models import LOOPBACK_HOSTS, ApiConfig, DaemonConfig
+from streamd.evidence.api import evidence_routes
 from streamd.redact import redact
 
 log = structlog.get_logger()
@@ -52,7 +53,7 @@ PREVIEW_FPS = 10.0
 OPEN_PATHS = ("/healthz", "/readyz")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 # GET paths where ?token= stands in for the header: what a browser loads without script (<img>, the page itself)
-QUERY_TOKEN_PATHS = re.compile(r"/|/preview/[^/]+\.(?:mjpg|jpg)")
+QUERY_TOKEN_PATHS = re.compile(r"/|/preview/[^/]+\.(?:mjpg|jpg)|/api/events/.+/(?:snapshot\.jpg|crop\.jpg|clip\.mp4)")
 # a config or status key whose value is a credential, whatever its type: hidden entirely
 SECRET_KEY = re.compile(r"(?i)pass(?:word|wd)?|pwd|token|secret|key|signature|credential")
 HIDDEN = "***"
@@ -133,8 +134,10 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
 
     async def streams(request: Request) -> Response:
         snap = view.snapshot
+        evidence = {name: c["evidence"] for name, c in snap.get("counters", {}).items() if c.get("evidence")}
         return JSONResponse(redact_strings({"streams": snap.get("streams", {}), "stages": snap.get("stages", {}),
-                                   "reload": snap.get("reload", {}), "sinks": snap.get("sinks", {})}))
+                                   "reload": snap.get("reload", {}), "sinks": snap.get("sinks", {}),
+                                   "evidence": evidence}))
 
     async def counts(request: Request) -> Response:
         window = request.query_params.get("window", "total")
@@ -159,9 +162,6 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
             await asyncio.sleep(0.1)
         return JSONResponse({"error": "the reload did not finish within 60 s"}, status_code=504)
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
     async def health_reset(request: Request) -> Response:
         """Learn the stream's camera health reference again (after a deliberate camera move)."""
         stream = request.path_params["stream"]
@@ -170,6 +170,9 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
             return JSONResponse({"error": f"no running stream {stream}"}, status_code=404)
         log.info("camera_health_reset_requested", stream=stream)
         return JSONResponse({"stream": stream, "reset": True}, status_code=202)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def index(request: Request) -> Response:
         # the page may be opened as /?token=...: keep that URL out of Referer headers
@@ -213,10 +216,11 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/", index),
         Route("/api/streams", streams), Route("/api/counts", counts), Route("/api/config", config),
         Route("/api/reload", reload, methods=["POST"]), Route("/metrics", metrics),
+        Route("/api/streams/{stream}/health/reset", health_reset, methods=["POST"]),
         Route("/preview/{stream}.mjpg", mjpeg), Route("/preview/{stream}.jpg", snapshot_jpeg),
+        *evidence_routes(lambda: view.config),  # /api/events... (streamd/evidence/api.py)
     ])
 
-        Route("/api/streams/{stream}/health/reset", health_reset, methods=["POST"]),
     app.add_middleware(ApiGuard, token=token, loopback_only=view.config.api.host in LOOPBACK_HOSTS)
     return app
 
@@ -333,20 +337,16 @@ def _read_counts(config: DaemonConfig, window: str, stream: str | None) -> dict[
         zones = store.zone_counts(stream, since=since, until=until)
     finally:
         store.close()
+    unhealthy = _read_unhealthy(config.counts.path, stream, since, until)
     return {
         "window": window, "from": start.isoformat() if start else None, "to": end.isoformat() if end else None,
         "lines": [{"stream": s, "line": ln, "class": c, "direction": d, "count": n} for (s, ln, c, d), n in lines.items()],
         "zones": [{"stream": s, "zone": z, "class": c, "visits": v.visits, "exits": v.exits,
-    unhealthy = _read_unhealthy(config.counts.path, stream, since, until)
                    "mean_dwell_s": v.mean_dwell_s} for (s, z, c), v in zones.items()],
+        "unhealthy": unhealthy,
     }
 
 
-class ApiServer:
-        "unhealthy": unhealthy,
-    """uvicorn in a daemon thread; ``port`` is the bound port (useful with ``port: 0``)."""
-
-    def __init__(self, app: Starlette, config: ApiConfig):
 def _read_unhealthy(path: str, stream: str | None, since: float | None, until: float | None) -> dict[str, Any]:
     """Per stream: how long camera health was not ok in the window, and which checks (streamd/health/store.py)."""
     from streamd.health.store import HealthStore
@@ -363,6 +363,10 @@ def _read_unhealthy(path: str, stream: str | None, since: float | None, until: f
             for name, u in found.items()}
 
 
+class ApiServer:
+    """uvicorn in a daemon thread; ``port`` is the bound port (useful with ``port: 0``)."""
+
+    def __init__(self, app: Starlette, config: ApiConfig):
         self._server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                                      access_log=False, lifespan="off"))
         # The supervisor owns signals: uvicorn installs none outside the main thread, and older versions that

@@ -54,7 +54,8 @@ CLIP_FINISHED_S = 1.0  # no segment being written for this long: the source ende
 
 Event = LineCrossing | ZoneEvent
 COUNTER_NAMES = ("snapshots", "clips", "missed_overwritten", "missed_no_frame", "missed_no_ring", "skipped_lost",
-                 "dropped_queue", "dropped_pending", "clip_missing", "failed", "deleted", "bytes")
+                 "dropped_queue", "dropped_pending", "clip_missing", "failed", "deleted", "bytes",
+                 "copy_us", "cpu_us")  # copy_us: ring copies on the sinks' thread; cpu_us: the worker's CPU time
 
 
 class EvidenceShared:
@@ -186,6 +187,8 @@ class EvidenceSink:
         self._grace_until = time.monotonic() + SHUTDOWN_GRACE_S
         self._stop_worker(self._grace_until)
         self._release()
+        for stream, numbers in self.shared.snapshot().items():
+            self.log.info("evidence_summary", stream=stream, **numbers)
 
     def discard(self) -> int:
         self._abort.set()
@@ -210,7 +213,9 @@ class EvidenceSink:
                 self.shared.add(tracked.stream, "missed_no_frame")  # its TrackedFrame went by unseen
         if not events:
             return
+        started = time.perf_counter()
         image = self._copy(tracked)
+        self.shared.add(tracked.stream, "copy_us", round((time.perf_counter() - started) * 1e6))
         if image is None:
             return
         self._submit(tracked.stream, SnapshotJob(tracked, events, image), len(events))
@@ -254,6 +259,7 @@ class EvidenceSink:
                 job = None
                 if stopping:
                     break
+            cpu = time.thread_time()
             try:
                 if job is None and not stopping and self._grace_until:
                     stopping = True
@@ -261,10 +267,14 @@ class EvidenceSink:
                     self._snapshot(job)
                 elif isinstance(job, ClipRequest):
                     self._plan_clip(job)
-                self._build_due_clips(force=stopping)
+                built = self._build_due_clips(force=stopping)
                 if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
                     self._last_retention = time.monotonic()
                     self._retention()
+                stream = job.tracked.stream if isinstance(job, SnapshotJob) else (
+                    job.event.stream if isinstance(job, ClipRequest) else built)
+                if stream:
+                    self.shared.add(stream, "cpu_us", round((time.thread_time() - cpu) * 1e6))
             except Exception as exc:  # noqa: BLE001 - reported through flush() to the sink guard
                 stream = job.tracked.stream if isinstance(job, SnapshotJob) else (
                     job.event.stream if isinstance(job, ClipRequest) else "")
@@ -355,8 +365,10 @@ class EvidenceSink:
                 return
         plans.append(ClipPlan(event.stream, t0, t1, [event], created=now, updated=now))
 
-    def _build_due_clips(self, force: bool = False) -> None:
+    def _build_due_clips(self, force: bool = False) -> str | None:
+        """Build the clips that are due; returns a stream that got one (for the CPU account), else None."""
         now = time.monotonic()
+        built = None
         for stream, plans in self._plans.items():
             if not plans:
                 continue
@@ -373,6 +385,8 @@ class EvidenceSink:
                 if due:
                     plans.remove(plan)
                     self._build_clip(plan, segments)
+                    built = stream
+        return built
 
     def _build_clip(self, plan: ClipPlan, segments: list) -> None:
         chosen = covering(segments, plan.t0, plan.t1)

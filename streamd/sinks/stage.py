@@ -210,6 +210,9 @@ class SinksStage(Stage):
 
     def _close_sinks(self) -> None:
         """Close every sink; network sinks in parallel, as each may deliver for its shutdown grace time."""
+        if self._evidence_guard is not None:  # first: what it finishes on close still reaches the other sinks
+            self._evidence_guard.close()
+            self._publish_evidence()
         closers = [threading.Thread(target=sink.close, name=f"close-{name}") for name, sink in self.outboxes.items()]
         for thread in closers:
             thread.start()
