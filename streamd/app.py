@@ -23,6 +23,7 @@ import zmq
 from streamd.analytics.store import CountStore
 from streamd.config.loader import LoadedConfig
 from streamd.config.models import DaemonConfig, PipelineConfig
+from streamd.control.fleet import FleetMembership, fleet_streams, owned_view
 from streamd.control.pipelines import ResolvedPipeline, resolve_pipeline, source_key
 from streamd.control.reload import ReloadController
 from streamd.control.specs import RunningState, StageSpecs
@@ -30,8 +31,8 @@ from streamd.control.stages import Stages
 from streamd.control.status import StatusBuilder
 from streamd.control.streams import StreamRegistry
 from streamd.errors import ModelError
-from streamd.ipc.ring import remove_orphaned_rings
 from streamd.ipc.messages import HealthReset, encoder
+from streamd.ipc.ring import remove_orphaned_rings
 from streamd.ipc.sockets import Endpoints
 from streamd.runtime.sd_notify import SystemdNotifier
 from streamd.runtime.stage import stage_name
@@ -60,12 +61,13 @@ class Daemon:
         self.stages: Stages | None = None
         self.status: StatusBuilder | None = None
         self.reloads: ReloadController | None = None
+        self.fleet: FleetMembership | None = None
         self._ctx: zmq.Context | None = None
         self._stop_requested = False
         self._reload_requested: str | None = None  # before the reload controller exists
+        self._health_resets: deque[str] = deque(maxlen=100)  # streams whose health reference to learn again
         self._config_stamp = self._stamp()
 
-        self._health_resets: deque[str] = deque(maxlen=100)  # streams whose health reference to learn again
     @property
     def config(self) -> DaemonConfig:
         return self.state.config
@@ -79,8 +81,6 @@ class Daemon:
             self.reloads.request(reason)
         else:
             self._reload_requested = reason
-
-    # --- start ---------------------------------------------------------------------------------------
 
     def request_health_reset(self, stream: str) -> bool:
         """Thread-safe: the watch loop tells the health stage to learn the stream's reference view again.
@@ -96,6 +96,8 @@ class Daemon:
             stream = self._health_resets.popleft()
             if not self.supervisor.send_to(self.endpoints.health, encoder.encode(HealthReset(stream=stream))):
                 log.warning("camera_health_reset_dropped", stream=stream, reason="health stage not receiving")
+
+    # --- start ---------------------------------------------------------------------------------------
 
     def _resolve_pipelines(self) -> None:
         used = {s.pipeline for s in self.config.active_streams}
@@ -123,11 +125,23 @@ class Daemon:
                         reason="an earlier run stopped part-way; counts so far are in the store")
         return resume
 
+    def _join_fleet(self) -> None:
+        """In a fleet, run only the streams this node holds a lease on; a change of leases is a reload."""
+        config = self.loaded.config
+        if not config.fleet.enabled or config.counts.url is None:
+            return
+        fleet = self.fleet = FleetMembership(config.fleet, config.counts.url, fleet_streams(config),
+                                             on_change=lambda: self.request_reload("fleet"))
+        fleet.start(wait_s=2 * config.fleet.heartbeat_s)
+        self.state.owned = fleet.owned()
+        self.state.config = owned_view(config, self.state.owned)
+
     def _start(self) -> None:
         orphans = remove_orphaned_rings()
         if orphans:
             log.warning("orphaned_rings_removed", rings=orphans)
         self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._join_fleet()
         self._resolve_pipelines()
         resume = self._resume_frames()
         self._ctx = zmq.Context()
@@ -137,7 +151,11 @@ class Daemon:
         specs = StageSpecs(self.state, self.endpoints, run_id=f"{int(time.time() * 1000):x}", state_dir=state_dir)
         stages = self.stages = Stages(sup, specs, self.state, self._ctx)
         self.status = StatusBuilder(self.state, sup)
-        self.reloads = ReloadController(self.loaded.path, self.state, stages, notify=self._notify_reload)
+        fleet = self.fleet
+        self.reloads = ReloadController(
+            self.loaded.path, self.state, stages, notify=self._notify_reload,
+            owned=fleet.owned if fleet is not None else None,
+            on_streams=fleet.set_streams if fleet is not None else None)
         if self._reload_requested:
             self.reloads.request(self._reload_requested)
         # rings first: the analytics spec carries every stream's source identity
@@ -204,6 +222,8 @@ class Daemon:
                 assert self.status is not None
                 self.final_counters = self.status.stream_counters()
                 self.status.log_summary(self.final_counters)
+            if self.fleet is not None:
+                self.fleet.stop()  # after the drain: hand the streams over once their last counts are recorded
             self._cleanup()
         if self.state.streams.failures() and code == 0:
             code = 1
@@ -231,7 +251,7 @@ class Daemon:
         assert self.supervisor is not None and self.reloads is not None and self.stages is not None
         assert self.status is not None
         sup, reloads = self.supervisor, self.reloads
-        if not self.state.streams.running():
+        if not self.state.streams.running() and self.fleet is None:  # a fleet node may hold no stream yet
             log.error("no_streams_running", failed=self.state.streams.failures())
             return 1
         stats_interval = self.config.supervisor.stats_interval_s
@@ -250,6 +270,7 @@ class Daemon:
                 if self._config_file_changed():
                     reloads.request("file")
             reloads.tick(now)
+            self._forward_health_resets()
             self.stages.fail_streams_of_failed_models()
             counters = self.status.stream_counters()
             if self.on_tick is not None:
@@ -270,7 +291,6 @@ class Daemon:
         return 0
 
     def _note_finished_streams(self, counters: dict[str, dict[str, Any]]) -> None:
-            self._forward_health_resets()
         assert self.supervisor is not None
         for entry in self.state.streams.running():
             name = entry.config.name
@@ -287,7 +307,7 @@ class Daemon:
     def _all_done(self) -> int | None:
         """0 when every stream was a finite file and all are done; 1 when every live stream failed."""
         entries = list(self.state.streams)
-        if not entries:
+        if not entries or self.fleet is not None:  # a fleet node runs on: streams may move to it
             return None
         if all(e.config.is_finite for e in entries) and all(e.finished or e.failed for e in entries):
             log.info("all_streams_finished", streams=sorted(e.config.name for e in entries))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from streamd.config.models import DaemonConfig
 
 # Top-level sections a running daemon cannot change without a restart (documented in README "Reload").
-RESTART_SECTIONS = ("sinks", "inference", "supervisor", "counts", "api", "log_level")
+RESTART_SECTIONS = ("sinks", "inference", "supervisor", "counts", "api", "fleet", "log_level")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from streamd.analytics.store import CountStore
 from streamd.config.diff import ConfigDiff, diff_configs
 from streamd.config.loader import LoadedConfig, load_config
 from streamd.config.models import DaemonConfig
+from streamd.control.fleet import fleet_streams, owned_view
 from streamd.control.pipelines import ResolvedPipeline, resolve_pipeline, source_key
 from streamd.control.specs import RunningState
 from streamd.errors import ConfigError, ModelError
@@ -48,6 +49,8 @@ class ReloadPlan:
     start: list[str]  # streams to start once the shared stages run the new config
     start_frames: dict[str, int] = field(default_factory=dict)  # retried files resume after their checkpoint
     files: tuple[Path, ...] = ()  # the files this config was read from
+    owned: dict[str, int] | None = None  # fleet: the leases this plan was made for
+    fleet_streams: tuple[str, ...] = ()  # fleet: every enabled stream of the file (shared by the nodes)
 
     @property
     def empty(self) -> bool:
@@ -59,11 +62,14 @@ class ReloadRejected(Exception):
 
 
 def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running: set[str],
-            streams_finished: set[str]) -> ReloadPlan:
-    """Phase 1 (any thread; reads nothing the watch loop changes). Raises ConfigError or ModelError."""
+            streams_finished: set[str], owned: dict[str, int] | None = None,
+            import_stream: Callable[[str], None] | None = None) -> ReloadPlan:
+    """Phase 1 (any thread; reads nothing the watch loop changes). Raises ConfigError or ModelError.
+    ``owned``: in a fleet, the streams this node holds (the others are disabled here)."""
     loaded = load_config(path)
-    change = diff_configs(running, loaded.config)
-    new = loaded.config.model_copy(update={k: getattr(running, k) for k in change.needs_restart})
+    effective = owned_view(loaded.config, owned)
+    change = diff_configs(running, effective)
+    new = effective.model_copy(update={k: getattr(running, k) for k in change.needs_restart})
     active = {s.name: s for s in new.active_streams}
     changed = set(change.added) | set(change.restarted)
     # streams that should run but do not (their model failed, their ring could not be made, their source
@@ -81,6 +87,10 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
             still_failing[name] = str(exc)
     start = sorted(n for n in [*changed, *retried] if active[n].pipeline not in still_failing)
     stop = sorted(set(change.removed) | set(change.restarted) | set(retried))
+    if import_stream is not None:
+        for name in start:
+            if name not in streams_running:
+                import_stream(name)  # a stream this node took over: its checkpoint and state from the fleet
     start_frames = {}
     retried_files = [n for n in retried if active[n].is_finite and n in start]
     if retried_files:
@@ -90,7 +100,8 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
         finally:
             store.close()
     return ReloadPlan(config=new, change=change, resolved=resolved, still_failing=still_failing, stop=stop,
-                      start=start, start_frames=start_frames, files=loaded.files)
+                      start=start, start_frames=start_frames, files=loaded.files, owned=owned,
+                      fleet_streams=tuple(fleet_streams(loaded.config)))
 
 
 class StageControl(Protocol):
@@ -110,11 +121,17 @@ class StageControl(Protocol):
 
 class ReloadController:
     def __init__(self, path: Path, state: RunningState, stages: StageControl,
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None,
+                 owned: Callable[[], dict[str, int] | None] | None = None,
+                 import_stream: Callable[[str], None] | None = None,
+                 on_streams: Callable[[list[str]], None] | None = None):
         self.path = path
         self.state = state
         self.stages = stages
         self._notify = notify or (lambda _phase: None)
+        self._owned = owned or (lambda: None)
+        self._import_stream = import_stream
+        self._on_streams = on_streams  # fleet: the file's stream list changed
         self._requested: str | None = None
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -159,7 +176,7 @@ class ReloadController:
         self.status["in_progress"] = True
         state = self.state
         args = (self.path, state.config, set(state.pipelines), {e.config.name for e in state.streams.running()},
-                {e.config.name for e in state.streams if e.finished})
+                {e.config.name for e in state.streams if e.finished}, self._owned(), self._import_stream)
 
         def work() -> None:
             try:
@@ -182,7 +199,12 @@ class ReloadController:
         assert result is not None
         plan = self._plan = result
         self.state.files = plan.files
+        if self._on_streams is not None:
+            self._on_streams(list(plan.fleet_streams))
         if plan.empty:
+            if plan.owned != self.state.owned:  # the same streams, leases taken anew: new epochs to record with
+                self.state.owned = plan.owned
+                self.stages.refresh_shared()
             self._finish_status(ok=True, changes={})
             log.info("reload_no_change", reason=self._reason)
             return
@@ -221,6 +243,7 @@ class ReloadController:
         for name in plan.stop:
             self.stages.stop_stream(name)
         state.config = plan.config
+        state.owned = plan.owned
         state.pipelines.update(state.staged)
         state.staged = {}
         for name in plan.resolved:

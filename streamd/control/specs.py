@@ -25,6 +25,7 @@ class RunningState:
     pipeline_errors: dict[str, str] = field(default_factory=dict)  # pipelines whose model failed: why
     staged: dict[str, ResolvedPipeline] = field(default_factory=dict)  # a reload's pipelines while models load
     files: tuple[Path, ...] = ()  # the config file and the pipeline files it uses: what the daemon watches
+    owned: dict[str, int] | None = None  # fleet: the streams this node holds a lease on, with its epoch
 
     def pipeline(self, name: str) -> ResolvedPipeline | None:
         return self.staged.get(name) or self.pipelines.get(name)
@@ -66,7 +67,9 @@ class StageSpecs:
             class_names={n: p.class_names for n, p in pipelines.items()},
             store=state.config.counts.path,
             sources={e.config.name: e.source for e in sorted(state.streams, key=lambda e: e.config.name)},
-            run_id=self.run_id))
+            run_id=self.run_id,
+            epochs={e.config.name: state.owned[e.config.name] for e in sorted(state.streams, key=lambda e: e.config.name)
+                    if state.owned is not None and e.config.name in state.owned}))
 
     def inference(self, key: str) -> StageSpec:
         pipelines = {n: p for n, p in sorted({**self.state.pipelines, **self.state.staged}.items())

@@ -47,6 +47,7 @@ class AnalyticsParams:
     store: str  # count store path
     sources: dict[str, str]  # stream -> source key (a checkpoint applies to the same, unchanged source only)
     run_id: str  # fixed for one daemon run: event ids of replayed frames stay the same across restarts
+    epochs: dict[str, int] = field(default_factory=dict)  # fleet: stream -> lease epoch its records carry
 
 
 @dataclass(frozen=True)
