@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from streamd.config.fleet import FleetConfig
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,47}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Letters, digits, '_' or '-', at most 48 characters.")]
 MAX_COORDINATE = 1_000_000.0
@@ -44,8 +46,6 @@ class SourceRetryConfig(BackoffConfig):
     read_timeout_s: float = Field(5.0, gt=0, le=300, description="Treat a live source as lost after this long without data.")
 
 
-class ClipConfig(Strict):
-    """Event clips of one stream (streamd/evidence/): encoded packets kept in rolling segments, remuxed, never re-encoded."""
 class FrozenCheckConfig(Strict):
     enabled: bool = Field(True, description="Alarm when the picture does not change while frames keep arriving.")
     after_s: float = Field(10.0, gt=0, le=3600, description="Seconds without change before the check fails.")
@@ -112,6 +112,8 @@ class HealthConfig(Strict):
     starvation: StarvationCheckConfig = Field(default_factory=StarvationCheckConfig)
 
 
+class ClipConfig(Strict):
+    """Event clips of one stream (streamd/evidence/): encoded packets kept in rolling segments, remuxed, never re-encoded."""
 
     pre_s: float = Field(5.0, ge=0, le=120, description="Seconds of video before the event in its clip.")
     post_s: float = Field(5.0, ge=0, le=120, description="Seconds of video after the event in its clip.")
@@ -141,9 +143,9 @@ class StreamConfig(Strict):
     max_height: int = Field(1080, ge=16, le=16384, description="Largest frame height the ring is sized for (4K: 2160).")
     options: dict[str, str] = Field(default_factory=dict, description="Extra FFmpeg demuxer options.")
     retry: SourceRetryConfig = Field(default_factory=SourceRetryConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Camera health checks (frozen, blackout, blur, moved); on by default.")
     clips: ClipConfig | None = Field(None, description="Keep encoded video and write an MP4 clip around each event (evidence).")
 
-    health: HealthConfig = Field(default_factory=HealthConfig, description="Camera health checks (frozen, blackout, blur, moved); on by default.")
     @property
     def kind(self) -> Literal["file", "rtsp", "v4l2"]:
         return source_kind(self.url)
@@ -507,8 +509,17 @@ class DaemonConfig(Strict):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     counts: CountsConfig = Field(default_factory=CountsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig, description="Run as one node of a fleet sharing "
+                               "counts.url (PostgreSQL); see docs/fleet.md.")
     watch_config: bool = Field(True, description="Reload when the config file changes (also on SIGHUP and POST /api/reload).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _fleet_needs_postgres(self) -> DaemonConfig:
+        if self.fleet.enabled and not self.counts.url:
+            raise ValueError("fleet.enabled needs counts.url: the nodes of a fleet share one PostgreSQL "
+                             "(counts.url: postgresql://user:${PGPASSWORD}@host/db)")
+        return self
 
     @field_validator("sinks")
     @classmethod
