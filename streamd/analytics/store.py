@@ -7,15 +7,25 @@ counts twice. Readers (``streamd counts``) open the same file while the daemon r
 
 Each stream's analytics state (tracker, line and zone state; see streamd.analytics.state) is stored in the
 same transaction as its checkpoint, so a restarted analytics stage resumes from exactly the checkpointed frame.
+
+Change feed (``CountStore(path, change_feed=True)``, a fleet node replicating to PostgreSQL; see
+streamd.fleet.replicator): every insert or update of a crossing, a zone visit (enter inserts, exit updates), a
+checkpoint and a stream state also appends an entry to ``changes`` in the same transaction. ``changes.seq`` is
+AUTOINCREMENT and SQLite has one writer at a time, so a reader always sees a gap-free prefix of the feed.
+``changes_since(seq, limit)`` reads the rows those entries name, in order; ``mark_replicated(seq)`` advances the
+durable watermark (``replication.replicated_up_to``) and deletes the entries up to it (the rows stay). Each row and
+change carries the lease epoch it was recorded with (``record(..., epoch=E)``).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+import time as _time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 _SCHEMA = """
@@ -53,6 +63,24 @@ CREATE TABLE IF NOT EXISTS stream_state (
 );
 """
 
+# PRAGMA user_version N: the migrations up to N are applied. Append, never edit.
+_MIGRATIONS: list[list[str]] = [
+    # 1: lease epochs on every row, the change feed and the replication watermark
+    [
+        "ALTER TABLE crossings ADD COLUMN epoch INTEGER",
+        "ALTER TABLE zone_visits ADD COLUMN epoch INTEGER",
+        "ALTER TABLE zone_visits ADD COLUMN exit_epoch INTEGER",
+        "ALTER TABLE checkpoints ADD COLUMN epoch INTEGER",
+        "ALTER TABLE stream_state ADD COLUMN epoch INTEGER",
+        # kind: crossing | zone_enter | zone_exit (key: the row's id) | checkpoint | state (key NULL)
+        "CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, stream TEXT NOT NULL, "
+        "key TEXT, epoch INTEGER, at REAL NOT NULL)",
+        "CREATE TABLE replication (id INTEGER PRIMARY KEY CHECK (id = 1), replicated_up_to INTEGER NOT NULL)",
+        "INSERT INTO replication VALUES (1, 0)",
+    ],
+]
+STORE_VERSION = len(_MIGRATIONS)
+
 
 @dataclass(frozen=True)
 class CrossingRow:
@@ -79,6 +107,68 @@ class ZoneEventRow:
 
 
 @dataclass(frozen=True)
+class CrossingChange:
+    seq: int
+    epoch: int | None
+    row: CrossingRow
+
+
+@dataclass(frozen=True)
+class ZoneVisitChange:
+    """An enter (the visit's enter fields, no exit) or an exit (the whole visit row, exit included)."""
+
+    seq: int
+    epoch: int | None
+    kind: str  # "enter" | "exit"
+    visit_id: str
+    stream: str
+    zone: str
+    class_name: str
+    entered_ts: float
+    enter_frame: int
+    exited_ts: float | None
+    dwell_s: float | None
+
+
+@dataclass(frozen=True)
+class CheckpointChange:
+    seq: int
+    epoch: int | None
+    stream: str
+    source: str
+    frame: int
+    finished: bool
+
+
+@dataclass(frozen=True)
+class StateChange:
+    seq: int
+    epoch: int | None
+    stream: str
+    frame: int | None  # None with state None: the stream's state was deleted
+    state: bytes | None
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """The changes after ``after`` up to and including ``up_to``, in feed order per kind; apply the kinds in the
+    order of the fields. Checkpoints and states are coalesced: at most one of each per stream, its value as of
+    ``up_to`` (never newer)."""
+
+    after: int
+    up_to: int
+    entries: int  # change entries covered (seq in (after, up_to])
+    crossings: tuple[CrossingChange, ...] = ()
+    zone_visits: tuple[ZoneVisitChange, ...] = ()
+    checkpoints: tuple[CheckpointChange, ...] = ()
+    states: tuple[StateChange, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return self.entries == 0
+
+
+@dataclass(frozen=True)
 class ZoneCount:
     visits: int
     exits: int
@@ -86,8 +176,11 @@ class ZoneCount:
 
 
 class CountStore:
-    def __init__(self, path: str | Path, readonly: bool = False):
+    def __init__(self, path: str | Path, readonly: bool = False, change_feed: bool = False):
+        """``change_feed``: also append every change to the feed a replicator ships to PostgreSQL (a fleet node
+        with ``counts.url``). Off, nothing is appended: without a replicator the feed would grow forever."""
         self.path = Path(path)
+        self.change_feed = change_feed and not readonly
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"count store {self.path} does not exist (has the daemon run yet?)")
@@ -98,53 +191,230 @@ class CountStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
             self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Apply the missing migrations, once, even when several processes open the file at the same time."""
+        if int(self._db.execute("PRAGMA user_version").fetchone()[0]) >= STORE_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            found = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            for version in range(found + 1, STORE_VERSION + 1):
+                for statement in _MIGRATIONS[version - 1]:
+                    self._db.execute(statement)
+            if found < STORE_VERSION:
+                self._db.execute(f"PRAGMA user_version = {STORE_VERSION}")
+            self._db.commit()
+        except BaseException:
+            self._db.rollback()
+            raise
+
+    def _change(self, kind: str, stream: str, key: str | None, epoch: int | None) -> None:
+        if self.change_feed:
+            self._db.execute("INSERT INTO changes (kind, stream, key, epoch, at) VALUES (?, ?, ?, ?, ?)",
+                             (kind, stream, key, epoch, _time.time()))
+
+    def _checkpoint_epoch(self, stream: str, epoch: int | None) -> int | None:
+        if epoch is not None:
+            return epoch
+        row = self._db.execute("SELECT epoch FROM checkpoints WHERE stream=?", (stream,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int,
                zone_events: Iterable[ZoneEventRow] = (), state: bytes | None = None,
-               clear_state: bool = False) -> tuple[list[CrossingRow], list[ZoneEventRow]]:
+               clear_state: bool = False, epoch: int | None = None) -> tuple[list[CrossingRow], list[ZoneEventRow]]:
         """Store the crossings and zone events of one frame and the stream's checkpoint atomically; returns
         the rows newly added (a replayed id is ignored). ``state``: the stream's analytics state after this
-        frame, stored in the same transaction; ``clear_state``: forget the stored state instead."""
+        frame, stored in the same transaction; ``clear_state``: forget the stored state instead. ``epoch``: the
+        lease epoch this node holds the stream with, stored with the rows and the checkpoint (the replicator
+        ships them fenced by it)."""
         added: list[CrossingRow] = []
         added_zone: list[ZoneEventRow] = []
         with self._db:
             for r in rows:
-                cursor = self._db.execute("INSERT OR IGNORE INTO crossings VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                          (r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame))
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO crossings (id, stream, line, class_name, direction, ts, frame, epoch) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame, epoch))
                 if cursor.rowcount:
                     added.append(r)
+                    self._change("crossing", r.stream, r.id, epoch)
             for z in zone_events:
                 if z.kind == "enter":
                     cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO zone_visits VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
-                        (z.visit_id, z.stream, z.zone, z.class_name, z.ts, z.frame))
+                        "INSERT OR IGNORE INTO zone_visits (id, stream, zone, class_name, entered_ts, enter_frame, "
+                        "epoch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (z.visit_id, z.stream, z.zone, z.class_name, z.ts, z.frame, epoch))
                 else:
                     cursor = self._db.execute(
-                        "UPDATE zone_visits SET exited_ts=?, dwell_s=? WHERE id=? AND exited_ts IS NULL",
-                        (z.ts, z.dwell_s, z.visit_id))
+                        "UPDATE zone_visits SET exited_ts=?, dwell_s=?, exit_epoch=? WHERE id=? AND exited_ts IS NULL",
+                        (z.ts, z.dwell_s, epoch, z.visit_id))
                 if cursor.rowcount:
                     added_zone.append(z)
+                    self._change("zone_enter" if z.kind == "enter" else "zone_exit", z.stream, z.visit_id, epoch)
             self._db.execute(
-                "INSERT INTO checkpoints VALUES (?, ?, ?, 0) ON CONFLICT(stream) DO UPDATE SET "
-                "frame=excluded.frame, source=excluded.source, finished=0",
-                (stream, source, frame),
+                "INSERT INTO checkpoints (stream, source, frame, finished, epoch) VALUES (?, ?, ?, 0, ?) "
+                "ON CONFLICT(stream) DO UPDATE SET frame=excluded.frame, source=excluded.source, finished=0, "
+                "epoch=excluded.epoch",
+                (stream, source, frame, epoch),
             )
+            self._change("checkpoint", stream, None, epoch)
             if state is not None:
-                self._db.execute("INSERT OR REPLACE INTO stream_state VALUES (?, ?, ?)", (stream, frame, state))
+                self._db.execute("INSERT OR REPLACE INTO stream_state (stream, frame, state, epoch) VALUES (?, ?, ?, ?)",
+                                 (stream, frame, state, epoch))
+                self._change("state", stream, None, epoch)
             elif clear_state:
-                self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,))
+                if self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,)).rowcount:
+                    self._change("state", stream, None, epoch)
         return added, added_zone
 
-    def finish(self, stream: str) -> None:
-        """The stream's finite source was processed to its end: the next run starts it afresh."""
+    def finish(self, stream: str, epoch: int | None = None) -> None:
+        """The stream's finite source was processed to its end: the next run starts it afresh. ``epoch``: as in
+        ``record``; None keeps the checkpoint's."""
         with self._db:
-            self._db.execute("UPDATE checkpoints SET finished=1 WHERE stream=?", (stream,))
-            self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,))
+            epoch = self._checkpoint_epoch(stream, epoch)
+            if self._db.execute("UPDATE checkpoints SET finished=1, epoch=? WHERE stream=?", (epoch, stream)).rowcount:
+                self._change("checkpoint", stream, None, epoch)
+            if self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,)).rowcount:
+                self._change("state", stream, None, epoch)
 
-    def clear_state(self, stream: str) -> None:
+    def clear_state(self, stream: str, epoch: int | None = None) -> None:
         """Forget a stream's analytics state: its next frames start with fresh state."""
         with self._db:
+            if self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,)).rowcount:
+                self._change("state", stream, None, self._checkpoint_epoch(stream, epoch))
+
+    # ---- the change feed (streamd.fleet.replicator) ----------------------------------------------------------
+
+    def replicated_up_to(self) -> int:
+        """The durable watermark: every change up to this seq has been delivered."""
+        return int(self._db.execute("SELECT replicated_up_to FROM replication WHERE id=1").fetchone()[0])
+
+    def feed_end(self) -> int:
+        """The seq of the last change ever appended (0: none)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='changes'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def oldest_pending_at(self) -> float | None:
+        """Wall time the oldest change not yet replicated was recorded; None when all are."""
+        row = self._db.execute("SELECT MIN(at) FROM changes WHERE seq > (SELECT replicated_up_to FROM replication "
+                               "WHERE id=1)").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def mark_replicated(self, seq: int) -> None:
+        """Advance the watermark to ``seq`` (never backwards) and delete the feed entries up to it."""
+        with self._db:
+            self._db.execute("UPDATE replication SET replicated_up_to=MAX(replicated_up_to, ?) WHERE id=1", (seq,))
+            self._db.execute("DELETE FROM changes WHERE seq <= ?", (seq,))
+
+    def changes_since(self, seq: int, limit: int = 500) -> ChangeBatch:
+        """The next at most ``limit`` feed entries after ``seq``, with the rows they name, read from one snapshot.
+
+        Checkpoints and states are coalesced per stream (the row's value now); when the batch stops short of the
+        feed's end, a stream whose checkpoint (or state) changes again after the batch leaves it out, so that a
+        shipped checkpoint is never ahead of the crossings and visits recorded before it (those ship first)."""
+        self._db.execute("BEGIN")  # one read snapshot for the entries and the rows
+        try:
+            entries = self._db.execute("SELECT seq, kind, stream, key, epoch FROM changes WHERE seq > ? ORDER BY seq "
+                                       "LIMIT ?", (seq, limit)).fetchall()
+            if not entries:
+                return ChangeBatch(after=seq, up_to=seq, entries=0)
+            up_to = int(entries[-1][0])
+            cut = len(entries) == limit
+            crossing_ids = [e[3] for e in entries if e[1] == "crossing"]
+            visit_ids = list({e[3] for e in entries if e[1] in ("zone_enter", "zone_exit")})
+            crossings = {r[0]: r for r in self._rows(
+                "SELECT id, stream, line, class_name, direction, ts, frame FROM crossings WHERE id IN ({})",
+                crossing_ids)}
+            visits = {r[0]: r for r in self._rows(
+                "SELECT id, stream, zone, class_name, entered_ts, enter_frame, exited_ts, dwell_s FROM zone_visits "
+                "WHERE id IN ({})", visit_ids)}
+            last: dict[tuple[str, str], tuple[int, int | None]] = {}  # (kind, stream) -> (seq, epoch)
+            out_crossings: list[CrossingChange] = []
+            out_visits: list[ZoneVisitChange] = []
+            for s, kind, stream, key, epoch in entries:
+                if kind == "crossing" and key in crossings:
+                    c = crossings[key]
+                    out_crossings.append(CrossingChange(int(s), epoch, CrossingRow(
+                        str(c[0]), str(c[1]), str(c[2]), str(c[3]), str(c[4]), float(c[5]), int(c[6]))))
+                elif kind in ("zone_enter", "zone_exit") and key in visits:
+                    v = visits[key]
+                    exited = kind == "zone_exit" and v[6] is not None
+                    out_visits.append(ZoneVisitChange(
+                        int(s), epoch, "exit" if exited else "enter", str(v[0]), str(v[1]), str(v[2]), str(v[3]),
+                        float(v[4]), int(v[5]), float(v[6]) if exited else None,
+                        float(v[7]) if exited and v[7] is not None else None))
+                elif kind in ("checkpoint", "state"):
+                    last[(kind, stream)] = (int(s), epoch)
+            out_checkpoints: list[CheckpointChange] = []
+            out_states: list[StateChange] = []
+            for (kind, stream), (s, epoch) in sorted(last.items(), key=lambda item: item[1][0]):
+                if cut and self._db.execute("SELECT 1 FROM changes WHERE seq > ? AND stream=? AND kind=? LIMIT 1",
+                                            (up_to, stream, kind)).fetchone():
+                    continue  # its value now is newer than this batch: the entry after the batch ships it
+                if kind == "checkpoint":
+                    row = self._db.execute("SELECT source, frame, finished FROM checkpoints WHERE stream=?",
+                                           (stream,)).fetchone()
+                    if row is not None:
+                        out_checkpoints.append(CheckpointChange(s, epoch, stream, str(row[0]), int(row[1]),
+                                                                bool(row[2])))
+                else:
+                    row = self._db.execute("SELECT frame, state FROM stream_state WHERE stream=?", (stream,)).fetchone()
+                    out_states.append(StateChange(s, epoch, stream, None if row is None else int(row[0]),
+                                                  None if row is None else bytes(row[1])))
+            return ChangeBatch(after=seq, up_to=up_to, entries=len(entries), crossings=tuple(out_crossings),
+                               zone_visits=tuple(out_visits), checkpoints=tuple(out_checkpoints),
+                               states=tuple(out_states))
+        finally:
+            self._db.commit()
+
+    def _rows(self, query: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            out.extend(self._db.execute(query.format(", ".join("?" * len(chunk))), chunk).fetchall())
+        return out
+
+    def import_stream(self, stream: str, checkpoint: tuple[str, int, bool, int | None] | None,
+                      state: tuple[int, bytes, int | None] | None,
+                      open_visits: Iterable[ZoneVisitChange] = (), epoch: int | None = None) -> int:
+        """Take over a stream's checkpoint and analytics state from the fleet's store (streamd.fleet.replicator.
+        import_stream), replacing this store's, without feed entries (they came from there). ``checkpoint``:
+        (source, frame, finished, epoch), None: the fleet has none; ``state``: (frame, state, epoch).
+        ``open_visits``: the stream's visits still open there, so that their exits find their rows here.
+
+        The stream's entries not yet replicated with an epoch other than ``epoch`` (all when None) are dropped
+        together with the rows they name: they are of a lease since superseded, PostgreSQL refuses them, and the
+        frames they came from are analysed again from the imported checkpoint, so they must be recordable again.
+        Returns how many entries were dropped."""
+        with self._db:
+            pending = self._db.execute(
+                "SELECT seq, kind, key FROM changes WHERE stream=? AND seq > (SELECT replicated_up_to FROM replication "
+                "WHERE id=1) AND (? IS NULL OR epoch IS NOT ?)", (stream, epoch, epoch)).fetchall()
+            for _, kind, key in pending:
+                if kind == "crossing":
+                    self._db.execute("DELETE FROM crossings WHERE id=?", (key,))
+                elif kind == "zone_enter":
+                    self._db.execute("DELETE FROM zone_visits WHERE id=?", (key,))
+                elif kind == "zone_exit":
+                    self._db.execute("UPDATE zone_visits SET exited_ts=NULL, dwell_s=NULL, exit_epoch=NULL WHERE id=?",
+                                     (key,))
+            self._db.executemany("DELETE FROM changes WHERE seq=?", [(p[0],) for p in pending])
+            self._db.execute("DELETE FROM checkpoints WHERE stream=?", (stream,))
             self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,))
+            if checkpoint is not None:
+                self._db.execute("INSERT INTO checkpoints (stream, source, frame, finished, epoch) VALUES (?, ?, ?, ?, ?)",
+                                 (stream, checkpoint[0], checkpoint[1], int(checkpoint[2]), checkpoint[3]))
+            if state is not None:
+                self._db.execute("INSERT INTO stream_state (stream, frame, state, epoch) VALUES (?, ?, ?, ?)",
+                                 (stream, state[0], state[1], state[2]))
+            for v in open_visits:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO zone_visits (id, stream, zone, class_name, entered_ts, enter_frame, "
+                    "exited_ts, dwell_s, epoch) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
+                    (v.visit_id, v.stream, v.zone, v.class_name, v.entered_ts, v.enter_frame, v.epoch))
+        return len(pending)
 
     def stream_state(self, stream: str) -> tuple[str, int, bytes] | None:
         """(checkpoint source, checkpoint frame, state) of a stream whose checkpoint carries analytics state

@@ -9,15 +9,22 @@ Fencing: ``record(..., epoch=E)`` locks the stream's row in ``leases`` in the sa
 write (``FencedError``) unless the lease's epoch is still E. A node whose lease was taken over (its epoch is no
 longer current) can therefore never add a count, even if it is still running, cut off from the others.
 
+Replication (streamd.fleet.replicator): a fleet node records into its local SQLite store and ships its change feed
+here in batches; ``apply(batch, node_id)`` stores one batch in one transaction, idempotently (``ON CONFLICT``: the
+same change twice is a no-op) and fenced per stream: the changes of a stream whose epoch is no longer its lease's
+current one are refused and returned (``ApplyResult.fenced``), the rest of the batch is stored. Checkpoints and
+states keep the newest: by epoch, then (same epoch, same node) by the writer's change seq.
+
 The schema is streamd's own and versioned (streamd.fleet.schema): a writable store migrates it on open.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from streamd.analytics.store import CrossingRow, ZoneCount, ZoneEventRow
+from streamd.analytics.store import ChangeBatch, CrossingRow, ZoneCount, ZoneEventRow, ZoneVisitChange
 from streamd.errors import StreamdError
 from streamd.fleet.schema import SCHEMA_VERSION, SchemaError, connect, current_version, migrate
 from streamd.redact import redact
@@ -31,6 +38,35 @@ class FencedError(StreamdError):
         held = "no lease" if current is None else f"epoch {current}, owner {owner or 'none'}"
         super().__init__(f"stream {stream}: write with lease epoch {epoch} refused, the lease is now at {held}; "
                          "this node no longer owns the stream and must stop analysing it")
+
+
+@dataclass(frozen=True)
+class FencedChanges:
+    """Changes of one stream refused by ``apply``: recorded with lease ``epoch``, the lease is now at ``current``."""
+
+    stream: str
+    epoch: int
+    current: int | None  # None: the stream has no lease
+    owner: str | None
+    changes: int
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    applied: int  # changes accepted (new here, or already here: a replay)
+    inserted: int  # crossings and zone visit enters that were new here
+    fenced: tuple[FencedChanges, ...] = ()
+
+    @property
+    def fenced_changes(self) -> int:
+        return sum(f.changes for f in self.fenced)
+
+
+# ON CONFLICT guard (and delete guard) for checkpoints and stream_state: the incoming change is at least as new as
+# the stored row -- by epoch, then by the writer's change seq when the same node wrote both. An unfenced (NULL
+# epoch) write on either side always applies.
+_NEWEST = ("({t}.epoch IS NULL OR {e} IS NULL OR {e} > {t}.epoch OR ({e} = {t}.epoch AND "
+           "({t}.node IS DISTINCT FROM {n} OR {t}.seq IS NULL OR {s} >= {t}.seq)))")
 
 
 class PostgresCountStore:
@@ -105,6 +141,113 @@ class PostgresCountStore:
                 elif clear_state:
                     cur.execute("DELETE FROM stream_state WHERE stream=%s", (stream,))
         return added, added_zone
+
+    def apply(self, batch: ChangeBatch, node_id: str) -> ApplyResult:
+        """Store a batch of a node's change feed (CountStore.changes_since) in one transaction. Idempotent: a
+        replayed change is a no-op. Fenced per stream: changes whose lease epoch is not the stream's current one
+        are refused and returned in ``fenced`` (the rest is stored; nothing is raised for them). Changes without
+        an epoch (a node outside a fleet) are not fenced."""
+        db = self._conn()
+        keyed: list[tuple[str, int | None]] = (
+            [(c.row.stream, c.epoch) for c in batch.crossings] + [(z.stream, z.epoch) for z in batch.zone_visits]
+            + [(c.stream, c.epoch) for c in batch.checkpoints] + [(s.stream, s.epoch) for s in batch.states])
+        fenced: dict[tuple[str, int], int] = {}
+        leases: dict[str, tuple[int, str | None]] = {}
+        inserted = 0
+        with db.transaction():
+            streams = sorted({stream for stream, epoch in keyed if epoch is not None})
+            if streams:  # FOR SHARE: a takeover (UPDATE of the row) waits for this batch, or this batch sees it
+                for stream, epoch, owner in db.execute(
+                        "SELECT stream, epoch, owner FROM leases WHERE stream = ANY(%s) ORDER BY stream FOR SHARE",
+                        (streams,)).fetchall():
+                    leases[str(stream)] = (int(epoch), owner)
+
+            def accepted(stream: str, epoch: int | None) -> bool:
+                if epoch is None:
+                    return True
+                lease = leases.get(stream)
+                if lease is not None and lease[0] == epoch:
+                    return True
+                fenced[(stream, epoch)] = fenced.get((stream, epoch), 0) + 1
+                return False
+
+            with db.cursor() as cur:
+                crossings = [(c.row.id, c.row.stream, c.row.line, c.row.class_name, c.row.direction, c.row.ts,
+                              c.row.frame, c.epoch, node_id)
+                             for c in batch.crossings if accepted(c.row.stream, c.epoch)]
+                if crossings:
+                    cur.executemany("INSERT INTO crossings (id, stream, line, class_name, direction, ts, frame, epoch, "
+                                    "node) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                                    crossings)
+                    inserted += max(0, cur.rowcount)
+                for z in batch.zone_visits:
+                    if not accepted(z.stream, z.epoch):
+                        continue
+                    if z.kind == "enter":
+                        cur.execute("INSERT INTO zone_visits (id, stream, zone, class_name, entered_ts, enter_frame, "
+                                    "epoch, node) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                                    (z.visit_id, z.stream, z.zone, z.class_name, z.entered_ts, z.enter_frame, z.epoch,
+                                     node_id))
+                        inserted += max(0, cur.rowcount)
+                    else:  # the exit updates the visit (inserted whole if its enter never arrived here)
+                        cur.execute("INSERT INTO zone_visits (id, stream, zone, class_name, entered_ts, enter_frame, "
+                                    "exited_ts, dwell_s, epoch, exit_epoch, node) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+                                    "%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET exited_ts=excluded.exited_ts, "
+                                    "dwell_s=excluded.dwell_s, exit_epoch=excluded.exit_epoch "
+                                    "WHERE zone_visits.exited_ts IS NULL",
+                                    (z.visit_id, z.stream, z.zone, z.class_name, z.entered_ts, z.enter_frame,
+                                     z.exited_ts, z.dwell_s, z.epoch, z.epoch, node_id))
+                checkpoint_guard = _NEWEST.format(t="checkpoints", e="excluded.epoch", n="excluded.node",
+                                                  s="excluded.seq")
+                for c in batch.checkpoints:
+                    if accepted(c.stream, c.epoch):
+                        cur.execute("INSERT INTO checkpoints (stream, source, frame, finished, epoch, node, seq) "
+                                    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (stream) DO UPDATE SET "
+                                    "source=excluded.source, frame=excluded.frame, finished=excluded.finished, "
+                                    "epoch=excluded.epoch, node=excluded.node, seq=excluded.seq "
+                                    f"WHERE {checkpoint_guard}",
+                                    (c.stream, c.source, c.frame, c.finished, c.epoch, node_id, c.seq))
+                state_guard = _NEWEST.format(t="stream_state", e="excluded.epoch", n="excluded.node", s="excluded.seq")
+                delete_guard = _NEWEST.format(t="stream_state", e="%(epoch)s::bigint", n="%(node)s::text",
+                                              s="%(seq)s::bigint")
+                for st in batch.states:
+                    if not accepted(st.stream, st.epoch):
+                        continue
+                    if st.state is None:
+                        cur.execute(f"DELETE FROM stream_state WHERE stream=%(stream)s AND {delete_guard}",
+                                    {"stream": st.stream, "epoch": st.epoch, "node": node_id, "seq": st.seq})
+                    else:
+                        cur.execute("INSERT INTO stream_state (stream, frame, state, epoch, node, seq) VALUES "
+                                    "(%s, %s, %s, %s, %s, %s) ON CONFLICT (stream) DO UPDATE SET frame=excluded.frame, "
+                                    "state=excluded.state, epoch=excluded.epoch, node=excluded.node, seq=excluded.seq "
+                                    f"WHERE {state_guard}", (st.stream, st.frame, st.state, st.epoch, node_id, st.seq))
+                cur.execute("INSERT INTO replication (node, delivered_seq, fenced) VALUES (%s, %s, %s) "
+                            "ON CONFLICT (node) DO UPDATE SET delivered_seq=GREATEST(replication.delivered_seq, "
+                            "excluded.delivered_seq), fenced=replication.fenced + excluded.fenced, at=now()",
+                            (node_id, batch.up_to, sum(fenced.values())))
+        refused = tuple(FencedChanges(stream, epoch, leases[stream][0] if stream in leases else None,
+                                      leases[stream][1] if stream in leases else None, n)
+                        for (stream, epoch), n in sorted(fenced.items()))
+        return ApplyResult(applied=len(keyed) - sum(fenced.values()), inserted=inserted, fenced=refused)
+
+    def handover(self, stream: str, max_open_visits: int = 10_000) -> tuple[
+            tuple[str, int, bool, int | None] | None, tuple[int, bytes, int | None] | None, list[ZoneVisitChange]]:
+        """What a node that takes ``stream`` over needs in its local store (streamd.fleet.replicator.import_stream):
+        the checkpoint (source, frame, finished, epoch), the analytics state (frame, state, epoch) and the visits
+        still open (the newest ``max_open_visits``), each None or empty when there is none."""
+        db = self._conn()
+        with db.transaction():
+            c = db.execute("SELECT source, frame, finished, epoch FROM checkpoints WHERE stream=%s",
+                           (stream,)).fetchone()
+            s = db.execute("SELECT frame, state, epoch FROM stream_state WHERE stream=%s", (stream,)).fetchone()
+            visits = db.execute("SELECT id, stream, zone, class_name, entered_ts, enter_frame, epoch FROM zone_visits "
+                                "WHERE stream=%s AND exited_ts IS NULL ORDER BY entered_ts DESC LIMIT %s",
+                                (stream, max_open_visits)).fetchall()
+        checkpoint = None if c is None else (str(c[0]), int(c[1]), bool(c[2]), None if c[3] is None else int(c[3]))
+        state = None if s is None else (int(s[0]), bytes(s[1]), None if s[2] is None else int(s[2]))
+        return checkpoint, state, [ZoneVisitChange(0, None if v[6] is None else int(v[6]), "enter", str(v[0]),
+                                                   str(v[1]), str(v[2]), str(v[3]), float(v[4]), int(v[5]), None, None)
+                                   for v in visits]
 
     def finish(self, stream: str) -> None:
         """The stream's finite source was processed to its end: the next run starts it afresh."""

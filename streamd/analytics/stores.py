@@ -1,5 +1,10 @@
 """Which count store a config names: SQLite at ``counts.path`` (the embedded default) or PostgreSQL at
-``counts.url`` (a fleet's shared store). Both have the same interface (``CountStoreLike``)."""
+``counts.url`` (a fleet's shared store). Both have the same interface (``CountStoreLike``).
+
+Readers (``streamd counts``, ``/api/counts``) use ``open_count_store``: PostgreSQL, the whole fleet, when
+``counts.url`` is set. The analytics stage writes ``open_analytics_store``: always the local SQLite file at
+``counts.path`` (the hot path never talks to the network), with the change feed on when ``counts.url`` is set, so
+that streamd.fleet.replicator ships it there."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from streamd.config.models import CountsConfig
 class CountStoreLike(Protocol):
     def record(self, rows: Iterable[CrossingRow], stream: str, source: str, frame: int,
                zone_events: Iterable[ZoneEventRow] = (), state: bytes | None = None,
-               clear_state: bool = False) -> tuple[list[CrossingRow], list[ZoneEventRow]]: ...
+               clear_state: bool = False, epoch: int | None = None) -> tuple[list[CrossingRow], list[ZoneEventRow]]: ...
 
     def finish(self, stream: str) -> None: ...
 
@@ -40,3 +45,9 @@ def open_count_store(counts: CountsConfig, readonly: bool = False) -> CountStore
 
         return PostgresCountStore(counts.url, readonly=readonly)
     return CountStore(counts.path, readonly=readonly)
+
+
+def open_analytics_store(counts: CountsConfig) -> CountStore:
+    """The store the analytics stage records into: the local SQLite file at ``counts.path``; with ``counts.url``
+    set, its change feed is on (streamd.fleet.replicator.Replicator delivers it to PostgreSQL)."""
+    return CountStore(counts.path, change_feed=bool(counts.url))

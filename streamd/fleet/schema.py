@@ -80,6 +80,20 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO fleet_clock VALUES (1, now());
     """,
+    # 2: replication from the nodes' local stores (streamd.fleet.replicator): the lease epoch and node each row
+    # came with, the writer's change seq for checkpoints and states (newest wins), each node's delivery watermark
+    """
+    ALTER TABLE crossings ADD COLUMN epoch BIGINT, ADD COLUMN node TEXT;
+    ALTER TABLE zone_visits ADD COLUMN epoch BIGINT, ADD COLUMN exit_epoch BIGINT, ADD COLUMN node TEXT;
+    ALTER TABLE checkpoints ADD COLUMN epoch BIGINT, ADD COLUMN node TEXT, ADD COLUMN seq BIGINT;
+    ALTER TABLE stream_state ADD COLUMN epoch BIGINT, ADD COLUMN node TEXT, ADD COLUMN seq BIGINT;
+    CREATE TABLE replication (
+        node TEXT PRIMARY KEY,
+        delivered_seq BIGINT NOT NULL,             -- the node's local change feed, delivered up to here
+        fenced BIGINT NOT NULL DEFAULT 0,          -- changes refused because their lease epoch was superseded
+        at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
