@@ -277,13 +277,12 @@ class InferenceStage(Stage):
             work.t1 = time.perf_counter()
         else:
             work.future = self._pool.submit(self._run_model, tensor[:n])
+            # wake the loop once the future is done (not merely once run() returned: the loop checks done())
+            work.future.add_done_callback(lambda _: os.write(self._wake_w, b"x"))
         self._inflight.append(work)
 
     def _run_model(self, tensor: np.ndarray) -> tuple[list[np.ndarray], float]:
-        try:
-            return self.model.run(tensor), time.perf_counter()
-        finally:
-            os.write(self._wake_w, b"x")
+        return self.model.run(tensor), time.perf_counter()
 
     def _complete_finished(self) -> None:
         """Publish finished batches in the order they were submitted (per-stream frame order for tracking)."""
