@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -124,6 +125,21 @@ class DaemonProcess:
                 break
             time.sleep(0.1)
         raise AssertionError(f"no {event} {fields} within {timeout}s; log:\n{self.log_path.read_text()[-4000:]}")
+
+    def kill_every_start(self, stage: str, until: str, timeout: float) -> None:
+        """kill -9 each process of ``stage`` as it starts, until the log has an ``until`` line for it or the
+        daemon exits: a stage that keeps dying, whatever the cause."""
+        killed: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline and not self.find(until, stage=stage):
+            for started in self.find("stage_started", stage=stage):
+                if started["pid"] not in killed:
+                    killed.add(started["pid"])
+                    try:
+                        os.kill(started["pid"], signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.1)
 
     def wait(self, timeout: float = 120.0) -> int:
         try:

@@ -25,7 +25,7 @@ import structlog
 
 from streamd.analytics.store import CountStore
 from streamd.config.diff import ConfigDiff, diff_configs
-from streamd.config.loader import LoadedConfig, load_config
+from streamd.config.loader import load_config
 from streamd.config.models import DaemonConfig
 from streamd.control.fleet import fleet_streams, owned_view
 from streamd.control.pipelines import ResolvedPipeline, resolve_pipeline, source_key

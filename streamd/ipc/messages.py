@@ -6,7 +6,7 @@ and measure latency; ``wall_ts`` is Unix time in seconds for people and external
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Union
 
 import msgspec
 

@@ -275,17 +275,7 @@ def test_crash_loop_stops_restarting_and_exits_non_zero(media: Path, tmp_path: P
     config = traffic_config(media, tmp_path, streams=streams, supervisor={
         "restart": {"initial_s": 0.1, "max_s": 0.2}, "crash_loop_restarts": 3, "crash_loop_window_s": 60})
     daemon = daemon_factory(write_config(tmp_path / "streamd.yaml", config))
-    killed: set[int] = set()
-    deadline = time.monotonic() + 120
-    while daemon.proc.poll() is None and time.monotonic() < deadline:  # a core stage that keeps dying
-        for started in daemon.find("stage_started", stage="sinks"):
-            if started["pid"] not in killed:
-                killed.add(started["pid"])
-                try:
-                    os.kill(started["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        time.sleep(0.1)
+    daemon.kill_every_start("sinks", until="stage_crash_loop", timeout=120)  # a core stage that keeps dying
     assert daemon.wait(30) == 1
     loop = daemon.find("stage_crash_loop", stage="sinks")
     assert loop and loop[-1]["crashes"] == 3

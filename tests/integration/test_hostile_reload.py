@@ -184,17 +184,7 @@ def test_an_inference_stage_in_a_crash_loop_fails_only_its_pipelines_streams(bel
     # the victim's inference stage: the one whose pipelines include "other" (its log line names the model)
     ready = {e["stage"]: e["model"] for e in daemon.find("inference_ready")}
     victim = next(n for n in inference if ready.get(n, "").endswith("conveyor.int8.onnx"))
-    killed: set[int] = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not daemon.find("stage_crash_loop", stage=victim):
-        for started in daemon.find("stage_started", stage=victim):
-            if started["pid"] not in killed:
-                killed.add(started["pid"])
-                try:
-                    os.kill(started["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        time.sleep(0.1)
+    daemon.kill_every_start(victim, until="stage_crash_loop", timeout=60)
     failed = daemon.wait_for("stream_failed", stream="victim", timeout=30)
     assert "pipeline other" in failed["error"], failed
     wait_more_frames(url, count)
