@@ -16,12 +16,14 @@ from streamd.analytics.zones import ZoneEvent as ZoneChange
 from streamd.config.models import PipelineConfig
 from streamd.ipc import sockets
 from streamd.ipc.ring import ring_generation
-from streamd.ipc.messages import (CountUpdate, Detections, LineCrossing, Reconfigure, StreamCounters, StreamEnd, StreamRemoved,
+from streamd.ipc.messages import (CountUpdate, DetectionTally, Detections, LineCrossing, Reconfigure, StreamCounters, StreamEnd, StreamRemoved,
                                   Track, TrackedFrame, ZoneEvent, encoder, pipeline_decoder)
 from streamd.runtime.histogram import Histogram
 from streamd.runtime.params import AnalyticsParams, expect, params_from_json
 from streamd.runtime.stage import EXIT_OK, Stage
 
+
+TALLY_EVERY_S = 1.0  # how often detections per stream go to the health stage (starvation check)
 
 def _column(values: np.ndarray | None, size: int) -> np.ndarray:
     """A per-detection column of supervision's Detections; its optional columns may be None."""
@@ -54,6 +56,10 @@ class AnalyticsStage(Stage):
         self.stage_ms: dict[str, deque[tuple[float, float, float]]] = {}
         self.duplicates = 0
         self.unknown_pipeline = 0  # detections of a pipeline this stage does not run (dropped)
+        # detections per stream since the last tally to the health stage (detection starvation)
+        self.health_out = sockets.push(self.ctx, self.spec.endpoints.health, hwm=100)
+        self._tallies: dict[str, list[int]] = {}  # stream -> [detections, frames, t_decoded_ns of the last]
+        self._tallied_at = 0.0
         self.stage_hist: dict[str, dict[str, Histogram]] = {}  # stream -> queue / infer / analyse
         self.last_frame: dict[str, tuple[int, float]] = {}  # stream -> (frame index, wall clock - stream time)
 
@@ -120,7 +126,25 @@ class AnalyticsStage(Stage):
 
     def close(self) -> None:
         self.preview.close(linger=0)
+        self.health_out.close(linger=0)
         self.store.close()
+
+    def _tally(self, stream: str, detections: int, t_decoded_ns: int) -> None:
+        tally = self._tallies.setdefault(stream, [0, 0, 0])
+        tally[0] += detections
+        tally[1] += 1
+        tally[2] = t_decoded_ns
+        now = time.monotonic()
+        if now - self._tallied_at < TALLY_EVERY_S:
+            return
+        self._tallied_at = now
+        for name, (found, frames, t_ns) in self._tallies.items():
+            try:
+                self.health_out.send(encoder.encode(DetectionTally(stream=name, detections=found, frames=frames,
+                                                                   t_decoded_ns=t_ns)), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the health stage is restarting: starvation waits for the next tally
+        self._tallies.clear()
 
     def _occupancy(self, stream: str) -> dict[str, int]:
         analytics = self.streams.get(stream)
@@ -248,6 +272,7 @@ class AnalyticsStage(Stage):
         except zmq.Again:
             pass
         self.frames[msg.stream] = self.frames.get(msg.stream, 0) + 1
+        self._tally(msg.stream, len(xyxy), msg.t_decoded_ns)
         durations = ((msg.t_batched_ns - msg.t_decoded_ns) / 1e6, (msg.t_inferred_ns - msg.t_batched_ns) / 1e6,
                      (t_analysed - msg.t_inferred_ns) / 1e6)
         self.stage_ms.setdefault(msg.stream, deque(maxlen=1000)).append(durations)

@@ -21,7 +21,8 @@ from streamd.health.checks import CameraHealth as Checks
 from streamd.health.checks import Change, sample_of
 from streamd.health.store import HealthStore
 from streamd.ipc import sockets
-from streamd.ipc.messages import CameraHealth, HealthReset, Reconfigure, StreamCounters, encoder, pipeline_decoder
+from streamd.ipc.messages import (CameraHealth, DetectionTally, HealthReset, Reconfigure, StreamCounters, encoder,
+                                  pipeline_decoder)
 from streamd.ipc.ring import FrameRing
 from streamd.runtime.params import HealthParams, HealthStream, expect, params_from_json
 from streamd.runtime.stage import EXIT_OK, Stage
@@ -96,6 +97,12 @@ class HealthStage(Stage):
             if params != self.health_params:
                 self._apply(params)
                 self.log.info("reconfigured", streams=sorted(params.streams))
+        elif isinstance(msg, DetectionTally):
+            watched = self.watched.get(msg.stream)
+            if watched is not None:
+                changes = watched.checks.update_detections(msg.detections, msg.t_decoded_ns / 1e9)
+                if changes:
+                    self._publish(msg.stream, watched, changes, time.time())
         elif isinstance(msg, HealthReset):
             watched = self.watched.get(msg.stream)
             if watched is None:

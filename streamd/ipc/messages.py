@@ -184,6 +184,16 @@ class HealthReset(msgspec.Struct, frozen=True, tag="health_reset"):
     stream: str
 
 
+class DetectionTally(msgspec.Struct, frozen=True, tag="tally"):
+    """analytics -> health stage, about once a second per stream: detections in the frames analysed since the
+    last tally, for the detection-starvation check (off the analytics hot path: one small message a second)."""
+
+    stream: str
+    detections: int
+    frames: int
+    t_decoded_ns: int  # of the last of those frames (CLOCK_MONOTONIC, as the health checks' other samples)
+
+
 class StreamCounters(msgspec.Struct, omit_defaults=True):
     """Per-stream numbers a stage reports in its heartbeat; each stage fills the fields it owns."""
 
@@ -262,7 +272,7 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
 
 
 PipelineMessage = Union[FrameReady, StreamEnd, StreamRemoved, Reconfigure, Detections, TrackedFrame, LineCrossing,
-                        ZoneEvent, CountUpdate, CameraHealth, HealthReset]
+                        ZoneEvent, CountUpdate, CameraHealth, HealthReset, DetectionTally]
 
 encoder = msgspec.msgpack.Encoder()
 pipeline_decoder = msgspec.msgpack.Decoder(PipelineMessage)
