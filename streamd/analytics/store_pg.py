@@ -118,26 +118,29 @@ class PostgresCountStore:
                                       None if lease is None else lease[1])
             with db.cursor() as cur:
                 for r in rows:
-                    cur.execute("INSERT INTO crossings VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                                "ON CONFLICT (id) DO NOTHING RETURNING id",
-                                (r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame))
+                    cur.execute("INSERT INTO crossings (id, stream, line, class_name, direction, ts, frame, epoch) "
+                                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                                (r.id, r.stream, r.line, r.class_name, r.direction, r.ts, r.frame, epoch))
                     if cur.fetchone() is not None:
                         added.append(r)
                 for z in zone_events:
                     if z.kind == "enter":
-                        cur.execute("INSERT INTO zone_visits VALUES (%s, %s, %s, %s, %s, %s, NULL, NULL) "
-                                    "ON CONFLICT (id) DO NOTHING RETURNING id",
-                                    (z.visit_id, z.stream, z.zone, z.class_name, z.ts, z.frame))
+                        cur.execute("INSERT INTO zone_visits (id, stream, zone, class_name, entered_ts, enter_frame, "
+                                    "epoch) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                                    (z.visit_id, z.stream, z.zone, z.class_name, z.ts, z.frame, epoch))
                     else:
-                        cur.execute("UPDATE zone_visits SET exited_ts=%s, dwell_s=%s WHERE id=%s AND exited_ts IS NULL "
-                                    "RETURNING id", (z.ts, z.dwell_s, z.visit_id))
+                        cur.execute("UPDATE zone_visits SET exited_ts=%s, dwell_s=%s, exit_epoch=%s WHERE id=%s AND "
+                                    "exited_ts IS NULL RETURNING id", (z.ts, z.dwell_s, epoch, z.visit_id))
                     if cur.fetchone() is not None:
                         added_zone.append(z)
-                cur.execute("INSERT INTO checkpoints VALUES (%s, %s, %s, false) ON CONFLICT (stream) DO UPDATE SET "
-                            "frame=excluded.frame, source=excluded.source, finished=false", (stream, source, frame))
+                cur.execute("INSERT INTO checkpoints (stream, source, frame, finished, epoch) VALUES (%s, %s, %s, "
+                            "false, %s) ON CONFLICT (stream) DO UPDATE SET frame=excluded.frame, "
+                            "source=excluded.source, finished=false, epoch=excluded.epoch, node=NULL, seq=NULL",
+                            (stream, source, frame, epoch))
                 if state is not None:
-                    cur.execute("INSERT INTO stream_state VALUES (%s, %s, %s) ON CONFLICT (stream) DO UPDATE SET "
-                                "frame=excluded.frame, state=excluded.state", (stream, frame, state))
+                    cur.execute("INSERT INTO stream_state (stream, frame, state, epoch) VALUES (%s, %s, %s, %s) "
+                                "ON CONFLICT (stream) DO UPDATE SET frame=excluded.frame, state=excluded.state, "
+                                "epoch=excluded.epoch, node=NULL, seq=NULL", (stream, frame, state, epoch))
                 elif clear_state:
                     cur.execute("DELETE FROM stream_state WHERE stream=%s", (stream,))
         return added, added_zone
