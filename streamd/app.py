@@ -34,6 +34,7 @@ from streamd.errors import ModelError
 from streamd.ipc.messages import HealthReset, encoder
 from streamd.ipc.ring import remove_orphaned_rings
 from streamd.ipc.sockets import Endpoints
+from streamd.redact import redact
 from streamd.runtime.sd_notify import SystemdNotifier
 from streamd.runtime.stage import stage_name
 from streamd.runtime.supervisor import Supervisor
@@ -62,6 +63,7 @@ class Daemon:
         self.status: StatusBuilder | None = None
         self.reloads: ReloadController | None = None
         self.fleet: FleetMembership | None = None
+        self.replicator: Any = None  # streamd.fleet.replicator.Replicator when counts.url is set
         self._ctx: zmq.Context | None = None
         self._stop_requested = False
         self._reload_requested: str | None = None  # before the reload controller exists
@@ -125,6 +127,30 @@ class Daemon:
                         reason="an earlier run stopped part-way; counts so far are in the store")
         return resume
 
+    def _start_replication(self) -> None:
+        """counts.url: analytics records locally, a thread ships the rows to PostgreSQL (outages only delay it)."""
+        counts = self.config.counts
+        if counts.url is None:
+            return
+        from streamd.fleet.replicator import Replicator
+
+        self.replicator = Replicator(counts.path, counts.url, self.config.fleet.node_id)
+        self.replicator.start()
+        if not self.replicator.flush(timeout=10.0):  # what an earlier run recorded goes first
+            log.warning("fleet_replication_behind", status=self.replicator.status().as_dict(),
+                        action="starting anyway; the backlog is delivered when the database answers")
+
+    def _import_stream(self, stream: str) -> None:
+        """A stream this node takes over: its checkpoint and analytics state from the fleet's store."""
+        from streamd.fleet.replicator import import_stream
+
+        counts = self.config.counts
+        owned = self.fleet.owned() if self.fleet is not None else {}
+        if counts.url is not None:
+            handover = import_stream(counts.path, counts.url, stream, epoch=owned.get(stream))
+            log.info("stream_handed_over", stream=stream, checkpoint_frame=handover.checkpoint_frame,
+                     state=handover.state, open_visits=handover.open_visits, dropped=handover.dropped)
+
     def _join_fleet(self) -> None:
         """In a fleet, run only the streams this node holds a lease on; a change of leases is a reload."""
         config = self.loaded.config
@@ -135,12 +161,18 @@ class Daemon:
         fleet.start(wait_s=2 * config.fleet.heartbeat_s)
         self.state.owned = fleet.owned()
         self.state.config = owned_view(config, self.state.owned)
+        for stream in sorted(self.state.owned):
+            try:
+                self._import_stream(stream)
+            except Exception as exc:  # the fleet's store unreachable: start from what this node has
+                log.warning("stream_handover_failed", stream=stream, error=redact(str(exc)))
 
     def _start(self) -> None:
         orphans = remove_orphaned_rings()
         if orphans:
             log.warning("orphaned_rings_removed", rings=orphans)
         self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._start_replication()
         self._join_fleet()
         self._resolve_pipelines()
         resume = self._resume_frames()
@@ -155,6 +187,7 @@ class Daemon:
         self.reloads = ReloadController(
             self.loaded.path, self.state, stages, notify=self._notify_reload,
             owned=fleet.owned if fleet is not None else None,
+            import_stream=self._import_stream if fleet is not None else None,
             on_streams=fleet.set_streams if fleet is not None else None)
         if self._reload_requested:
             self.reloads.request(self._reload_requested)
@@ -222,6 +255,8 @@ class Daemon:
                 assert self.status is not None
                 self.final_counters = self.status.stream_counters()
                 self.status.log_summary(self.final_counters)
+            if self.replicator is not None:
+                self.replicator.stop(timeout=10.0)  # deliver what the drain recorded before the leases go
             if self.fleet is not None:
                 self.fleet.stop()  # after the drain: hand the streams over once their last counts are recorded
             self._cleanup()
@@ -319,7 +354,11 @@ class Daemon:
 
     def _publish_snapshot(self, counters: dict[str, dict[str, Any]]) -> None:
         assert self.status is not None and self.reloads is not None
-        self.snapshot = self.status.snapshot(counters, self.reloads.status)
+        snapshot = self.status.snapshot(counters, self.reloads.status)
+        if self.fleet is not None or self.replicator is not None:
+            snapshot["fleet"] = {**(self.fleet.status() if self.fleet is not None else {}),
+                                 "replication": self.replicator.status().as_dict() if self.replicator else None}
+        self.snapshot = snapshot
 
     # --- stop ----------------------------------------------------------------------------------------
 

@@ -60,18 +60,25 @@ def _cmd_counts(args: argparse.Namespace) -> int:
     import sqlite3
     from datetime import datetime, timezone
 
-    from streamd.analytics.store import CountStore, ShiftSchedule, hour_window
+    from streamd.analytics.store import ShiftSchedule, hour_window
+    from streamd.analytics.stores import open_count_store
     from streamd.config import load_config
 
     try:
         # reading needs no write access to the store's folder: skip the checks of paths the daemon writes
         counts_cfg = load_config(args.config, check_paths=False).config.counts
-        store = CountStore(counts_cfg.path, readonly=True)
+        store = open_count_store(counts_cfg, readonly=True)  # PostgreSQL (the whole fleet) when counts.url is set
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (OSError, sqlite3.Error) as exc:
         print(f"error: cannot read the counts store {counts_cfg.path}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the PostgreSQL store (counts.url): unreachable, refused, no schema yet
+        from streamd.redact import redact
+
+        print(f"error: cannot read the counts store {redact(counts_cfg.url or counts_cfg.path)}: "
+              f"{redact(str(exc).strip())}", file=sys.stderr)
         return 1
     now = datetime.now(timezone.utc)
     start: datetime | None

@@ -43,7 +43,7 @@ class AnalyticsStage(Stage):
         self.rings: dict[str, str] = {}  # stream -> the ring its current frames come from
         self.streams: dict[str, StreamAnalytics] = {}
         self.stream_pipeline: dict[str, str] = {}  # stream -> the pipeline its analytics state was built from
-        self.store = CountStore(self.analytics_params.store)
+        self.store = CountStore(self.analytics_params.store, change_feed=self.analytics_params.change_feed)
         self.run_id: str = self.analytics_params.run_id
         # all-time totals, read once and then kept current: the store is not re-aggregated per frame
         self.totals: dict[tuple[str, str, str, str], int] = dict(self.store.counts())
@@ -156,7 +156,7 @@ class AnalyticsStage(Stage):
     def _on_end(self, msg: StreamEnd) -> None:
         # a finished file leaves no visit open; a stream that starts again starts with fresh state
         self._reset(msg.stream)
-        self.store.finish(msg.stream)
+        self.store.finish(msg.stream, epoch=self.analytics_params.epochs.get(msg.stream))
         self._send(encoder.encode(msg))
 
     def _analytics(self, stream: str, pipeline: str) -> StreamAnalytics:
@@ -213,7 +213,7 @@ class AnalyticsStage(Stage):
             events = [self._zone_event(stream, analytics, zone, change, last) for zone, change in analytics.close()]
             self._record_and_publish(stream, [], events, last[0], clear_state=True)
         else:
-            self.store.clear_state(stream)
+            self.store.clear_state(stream, epoch=self.analytics_params.epochs.get(stream))
         self.last_seq.pop(stream, None)
         self.rings.pop(stream, None)
 
@@ -308,7 +308,8 @@ class AnalyticsStage(Stage):
             [CrossingRow(e.id, e.stream, e.line, e.class_name, e.direction, e.ts, e.frame) for e in crossings],
             stream, self.sources.get(stream, ""), frame,
             [ZoneEventRow(e.id, e.id.removesuffix("/exit"), e.stream, e.zone, e.class_name, e.event, e.ts, e.frame,
-                          e.dwell_s) for e in zone_events], state=state, clear_state=clear_state)
+                          e.dwell_s) for e in zone_events], state=state, clear_state=clear_state,
+            epoch=self.analytics_params.epochs.get(stream))  # fleet: PostgreSQL refuses a stale lease's rows
         new_ids = {r.id for r in added} | {z.id for z in added_zone}
         for event in crossings:
             if event.id in new_ids:  # else recorded by an earlier process, and published then

@@ -40,7 +40,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from streamd.analytics.store import CountStore, ShiftSchedule, hour_window
+from streamd.analytics.store import ShiftSchedule, hour_window
+from streamd.analytics.stores import open_count_store
 from streamd.api.metrics import registry_for
 from streamd.api.preview import PreviewHub
 from streamd.config.models import LOOPBACK_HOSTS, ApiConfig, DaemonConfig
@@ -137,7 +138,7 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
         evidence = {name: c["evidence"] for name, c in snap.get("counters", {}).items() if c.get("evidence")}
         return JSONResponse(redact_strings({"streams": snap.get("streams", {}), "stages": snap.get("stages", {}),
                                    "reload": snap.get("reload", {}), "sinks": snap.get("sinks", {}),
-                                   "evidence": evidence}))
+                                   "evidence": evidence, "fleet": snap.get("fleet")}))
 
     async def counts(request: Request) -> Response:
         window = request.query_params.get("window", "total")
@@ -328,7 +329,7 @@ def _read_counts(config: DaemonConfig, window: str, stream: str | None) -> dict[
     elif window == "hour":
         start, end = hour_window(now, schedule.timezone)
     try:
-        store = CountStore(config.counts.path, readonly=True)
+        store = open_count_store(config.counts, readonly=True)  # PostgreSQL: the whole fleet's counts
     except FileNotFoundError:
         return {"window": window, "lines": [], "zones": []}
     try:

@@ -35,8 +35,8 @@ class PathProblem:
 def check_paths(config: DaemonConfig) -> list[PathProblem]:
     """Every file the daemon would write (or read, for CA bundles) that cannot work here, with the fix."""
     wanted: list[tuple[Loc, str, Use]] = []
-    if config.counts.url is None:  # a PostgreSQL store (counts.url) replaces the SQLite file
-        wanted.append((("counts", "path"), config.counts.path, "sqlite"))
+    # with counts.url too: analytics records locally and the replicator ships the rows to PostgreSQL
+    wanted.append((("counts", "path"), config.counts.path, "sqlite"))
     for i, sink in enumerate(config.sinks):
         if isinstance(sink, JsonlSinkConfig):
             wanted.append((("sinks", i, "path"), sink.path, "append" if sink.max_bytes is None else "rotate"))

@@ -63,7 +63,8 @@ class ReloadRejected(Exception):
 
 def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running: set[str],
             streams_finished: set[str], owned: dict[str, int] | None = None,
-            import_stream: Callable[[str], None] | None = None) -> ReloadPlan:
+            import_stream: Callable[[str], None] | None = None,
+            running_owned: dict[str, int] | None = None) -> ReloadPlan:
     """Phase 1 (any thread; reads nothing the watch loop changes). Raises ConfigError or ModelError.
     ``owned``: in a fleet, the streams this node holds (the others are disabled here)."""
     loaded = load_config(path)
@@ -87,16 +88,19 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
             still_failing[name] = str(exc)
     start = sorted(n for n in [*changed, *retried] if active[n].pipeline not in still_failing)
     stop = sorted(set(change.removed) | set(change.restarted) | set(retried))
+    taken_over = []
     if import_stream is not None:
         for name in start:
-            if name not in streams_running:
+            if name not in streams_running and (owned is None or name not in (running_owned or {})):
                 import_stream(name)  # a stream this node took over: its checkpoint and state from the fleet
+                taken_over.append(name)
     start_frames = {}
-    retried_files = [n for n in retried if active[n].is_finite and n in start]
-    if retried_files:
+    # a retried file, or one another node was counting, resumes after its checkpoint; an edit runs it anew
+    resumed_files = [n for n in {*retried, *taken_over} if active[n].is_finite and n in start]
+    if resumed_files:
         store = CountStore(new.counts.path)
         try:
-            start_frames = {n: store.resume_frame(n, source_key(active[n])) for n in retried_files}
+            start_frames = {n: store.resume_frame(n, source_key(active[n])) for n in resumed_files}
         finally:
             store.close()
     return ReloadPlan(config=new, change=change, resolved=resolved, still_failing=still_failing, stop=stop,
@@ -176,7 +180,7 @@ class ReloadController:
         self.status["in_progress"] = True
         state = self.state
         args = (self.path, state.config, set(state.pipelines), {e.config.name for e in state.streams.running()},
-                {e.config.name for e in state.streams if e.finished}, self._owned(), self._import_stream)
+                {e.config.name for e in state.streams if e.finished}, self._owned(), self._import_stream, state.owned)
 
         def work() -> None:
             try:

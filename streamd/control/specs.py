@@ -67,7 +67,7 @@ class StageSpecs:
             class_names={n: p.class_names for n, p in pipelines.items()},
             store=state.config.counts.path,
             sources={e.config.name: e.source for e in sorted(state.streams, key=lambda e: e.config.name)},
-            run_id=self.run_id,
+            run_id=self.run_id, change_feed=state.config.counts.url is not None,
             epochs={e.config.name: state.owned[e.config.name] for e in sorted(state.streams, key=lambda e: e.config.name)
                     if state.owned is not None and e.config.name in state.owned}))
 

@@ -48,6 +48,7 @@ class AnalyticsParams:
     sources: dict[str, str]  # stream -> source key (a checkpoint applies to the same, unchanged source only)
     run_id: str  # fixed for one daemon run: event ids of replayed frames stay the same across restarts
     epochs: dict[str, int] = field(default_factory=dict)  # fleet: stream -> lease epoch its records carry
+    change_feed: bool = False  # counts.url set: the store keeps a change feed the replicator ships to PostgreSQL
 
 
 @dataclass(frozen=True)

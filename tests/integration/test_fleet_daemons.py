@@ -78,3 +78,71 @@ def test_streams_spread_over_nodes_and_move_when_one_dies(tmp_path: Path, pg_url
     assert removed and all(f"-{victim.proc.pid}-" in name for name in removed), removed
     print(f"failover of {sorted(moved)}: analysing on the survivor {took:.1f} s after the kill "
           f"(leases: failover_s {FAILOVER_S})")
+
+
+
+def fleet_counts(cfg: Path) -> int:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "streamd", "counts", str(cfg), "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return sum(c["count"] for c in json.loads(out.stdout)["counts"])
+
+
+def test_a_file_handed_over_mid_way_counts_exactly_once_in_the_fleet_store(tmp_path: Path, pg_url: str,  # noqa: F811
+                                                                          daemon_factory) -> None:
+    """node-1 counts part of a file into PostgreSQL (local store + replicator) and stops; node-2 takes the stream
+    over, resumes after the fleet's checkpoint with the handed-over tracker state, and the fleet's total
+    (streamd counts, answered from PostgreSQL) equals the scene's ground truth."""
+    from streamd.demo import package_file
+    from streamd.synth.conveyor import SceneConfig, render_video
+
+    video = tmp_path / "belt.mp4"
+    truth = render_video(SceneConfig(seed=3, belt_speed=6.0, density=1.2, seconds=14.0), video)
+    expected = sum(truth.counts.values())
+
+    def conveyor_node(node: str) -> Path:
+        folder = tmp_path / node
+        folder.mkdir()
+        return write_config(folder / "streamd.yaml", {
+            "streams": [{"name": "belt", "url": str(video), "pipeline": "p", "realtime": True}],
+            "pipelines": {"p": {"model": str(package_file("models", "conveyor.onnx")), "confidence": 0.35,
+                                "tracker": {"lost_track_s": 0.5},
+                                "lines": [{"name": "exit", "points": [[320, 360], [320, 0]], "anchor": "center"}]}},
+            "counts": {"path": str(folder / "counts.db"), "url": pg_url},
+            "fleet": {"enabled": True, "node_id": node, "failover_s": FAILOVER_S, "heartbeat_s": 1.0},
+            "supervisor": {"stats_interval_s": 2},
+        })
+
+    cfg1 = conveyor_node("node-1")
+    first = daemon_factory(cfg1)
+    url = first.wait_for("api_listening", timeout=90)["url"].rstrip("/")
+    deadline = time.monotonic() + 90
+    counted = 0
+    while time.monotonic() < deadline and not 0 < counted < expected:
+        body = httpx.get(f"{url}/api/streams", timeout=10).json()["streams"]
+        counted = body.get("belt", {}).get("events", 0)
+        time.sleep(0.2)
+    assert 0 < counted < expected, f"node-1 counted {counted} of {expected} before the hand-over"
+    first.proc.terminate()  # drains, delivers to PostgreSQL, then releases the lease
+    assert first.wait(60) == 0
+    handed = fleet_counts(cfg1)
+    assert 0 < handed < expected, (handed, expected)
+    second = daemon_factory(conveyor_node("node-2"))
+    over = second.wait_for("stream_handed_over", timeout=90, stream="belt")
+    assert over["checkpoint_frame"] is not None and over["state"] is True, over
+    second.wait_for("source_resume", timeout=60)
+    url2 = second.wait_for("api_listening", timeout=90)["url"].rstrip("/")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url2}/api/streams", timeout=10).json()["streams"]["belt"]["state"] == "finished":
+            break
+        time.sleep(0.5)
+    second.proc.terminate()
+    assert second.wait(60) == 0
+    total = fleet_counts(cfg1)
+    print(f"hand-over: node-1 counted {handed}, the fleet {total} of {expected}")
+    assert total == expected, f"fleet total {total}, ground truth {expected} (node-1 had {handed})"
