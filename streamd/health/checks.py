@@ -13,6 +13,7 @@ A black or uniform picture holds the other checks (they have nothing to measure)
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import cv2
@@ -221,105 +222,216 @@ class BlurCheck:
                                                                    "baseline": round(base, 4)})
 
 
-def _normalised(grey: np.ndarray) -> np.ndarray:
-    """Contrast-stretched copy, so features are found the same at a lower exposure."""
-    return cv2.normalize(grey, None, 0, 255, cv2.NORM_MINMAX)  # type: ignore[call-overload]
+def structure(grey: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of a half-size copy, over its mean: edges and texture, the same at any exposure."""
+    small = cv2.GaussianBlur(cv2.pyrDown(grey).astype(np.float32), (0, 0), 0.8)
+    magnitude = cv2.magnitude(cv2.Sobel(small, cv2.CV_32F, 1, 0), cv2.Sobel(small, cv2.CV_32F, 0, 1))
+    return magnitude / max(float(np.mean(magnitude)), 1e-3)
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """One cell of the reference's static structure: its patch, centre (from the picture centre) and how well
+    it pins a displacement in each direction (its structure tensor, trace 1: a straight edge pins only across)."""
+
+    box: tuple[int, int, int, int]  # x0, x1, y0, y1 in the structure image
+    patch: np.ndarray
+    x: float
+    y: float
+    tensor: np.ndarray
 
 
 class MovedCheck:
-    """Global shift and rotation against a reference view: ORB features matched
-    with RANSAC (``estimateAffinePartial2D``: moving objects are outliers); a camera move moves features all over
-    the picture, so a consensus of features packed in one place (a large moving object) does not count. Phase
-    correlation (``cv2.phaseCorrelate``) stands in for a picture with too few features, when its peak is clear."""
+    """Global shift and rotation against the reference view's *static structure*.
+
+    While learning, the check keeps the per-pixel minimum of the structure image (:func:`structure`): an edge
+    that is there in every sample (kerb, marking, wall, belt rail) stays, whatever moved through the picture
+    (cars, hands, products on a belt) drops out. That reference is cut into a grid of tiles; each tile with
+    structure is found again in the current sample by normalised cross-correlation within ``MARGIN`` pixels.
+    The tiles' displacements, each weighted by its structure tensor (an edge tells only the displacement
+    across it), are fitted by least squares with one shift and one rotation about the centre; a tile that does
+    not fit (a moving object, a bottle taken away) is dropped and the fit repeated. Only directions that the
+    kept tiles pin down are reported (a conveyor with two straight rails: up/down and rotation, not sideways).
+    Gradients, not intensities, and normalised correlation, so exposure changes and dusk do not look like a move.
+    """
 
     name = "moved"
-    MIN_INLIERS = 15
-    MIN_SPREAD = 0.35  # inliers must span this fraction of the width or of the height
-    MIN_PHASE_RESPONSE = 0.25
-    STEADY_SHIFT = 0.012  # a moved view must agree with the previous sample's within this (fraction of width)
-    STEADY_DEG = 0.75
+    GRID = (4, 3)  # tiles across, down
+    MARGIN = 12  # search radius in structure pixels (half the sample: 7.5 % of the width)
+    MIN_TILE_STD = 0.05  # a reference tile needs this much static structure (the match score decides the rest)
+    MIN_STEADY = 0.5  # a reference tile's minimum must look like its mean over the learning samples
+    MIN_SCORE = 0.5  # normalised correlation of a tile found again
+    MIN_TILES = 3  # agreeing tiles for an estimate
+    MIN_PINNED = 0.2  # share of a tile's structure tensor for a direction to be pinned by it
+    MAX_RESIDUAL = 2.0  # squared pixels, along the directions a tile pins, for a tile to agree with the fit
+    VOTES = 3  # the level is the median of this many latest measured samples
+    VOTE_WINDOW_S = 1.2  # older ones do not vote (after a gap, the first samples decide afresh)
+    HOLD_S = 1.5  # an unmeasurable sample keeps the level this long after the last measured one
+    MIN_INFORMATION = 0.3  # eigenvalue of the fit's normal matrix for a direction to count as measured
 
     def __init__(self, config: MovedCheckConfig, clear_s: float):
         self.config = config
         self.hysteresis = Hysteresis(config.after_s, clear_s)
-        self._orb = cv2.ORB.create(nfeatures=250, fastThreshold=10)
-        self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-        self._reference: tuple[np.ndarray, np.ndarray | None, list[cv2.KeyPoint]] | None = None
-        self._window: np.ndarray | None = None
+        self._static: np.ndarray | None = None  # running minimum of the structure while learning
+        self._sum: np.ndarray | None = None  # and its running sum
+        self._learned = 0
+        self._tiles: list[_Tile] | None = None
         self.last_estimate: dict[str, float] = {}
-        self._previous: tuple[float, float, float, str] | None = None
+        self._votes: deque[tuple[float, int]] = deque(maxlen=self.VOTES)
+        self._reading: Reading | None = None
+        self._full: np.ndarray | None = None  # the fit's normal matrix with every reference tile
 
     @property
     def has_reference(self) -> bool:
-        return self._reference is not None
+        return self._static is not None
 
     def learn(self, sample: Sample) -> None:
-        """Take ``sample`` as the reference view."""
-        grey = _normalised(sample.grey)
-        keypoints, descriptors = self._orb.detectAndCompute(grey, None)
-        self._reference = (grey.astype(np.float32), descriptors, list(keypoints))
+        """Add ``sample`` to the reference view (its static structure: what every learning sample shares)."""
+        current = structure(sample.grey)
+        if self._static is None or self._sum is None or self._static.shape != current.shape:
+            self._static, self._sum, self._learned = current, current.copy(), 0
+        else:
+            np.minimum(self._static, current, out=self._static)
+            self._sum += current
+        self._learned += 1
+        self._tiles = self._full = None
 
     def reset(self) -> None:
-        self._reference = self._previous = None
+        self._static = self._sum = self._tiles = self._reading = self._full = None
+        self._learned = 0
+        self._votes.clear()
+
+    def _reference_tiles(self, static: np.ndarray, mean: np.ndarray) -> list[_Tile]:
+        h, w = static.shape
+        m = self.MARGIN
+        gx, gy = cv2.Sobel(static, cv2.CV_32F, 1, 0), cv2.Sobel(static, cv2.CV_32F, 0, 1)
+        xs = np.linspace(m, w - m, self.GRID[0] + 1).astype(int)
+        ys = np.linspace(m, h - m, self.GRID[1] + 1).astype(int)
+        tiles = []
+        for x0, x1 in zip(xs[:-1], xs[1:]):
+            for y0, y1 in zip(ys[:-1], ys[1:]):
+                patch = static[y0:y1, x0:x1]
+                if float(np.std(patch)) < self.MIN_TILE_STD:
+                    continue
+                steady = float(cv2.matchTemplate(mean[y0:y1, x0:x1], patch, cv2.TM_CCOEFF_NORMED)[0, 0])
+                if steady < self.MIN_STEADY:
+                    continue  # the minimum of a texture going by (a belt), not structure that stays
+                tx, ty = gx[y0:y1, x0:x1], gy[y0:y1, x0:x1]
+                tensor = np.array([[float(np.sum(tx * tx)), float(np.sum(tx * ty))],
+                                   [float(np.sum(tx * ty)), float(np.sum(ty * ty))]])
+                trace = float(np.trace(tensor))
+                if trace <= 0:
+                    continue
+                values, vectors = np.linalg.eigh(tensor / trace)
+                values[values < self.MIN_PINNED] = 0.0  # along an edge: the tile's match there is chance
+                tiles.append(_Tile((int(x0), int(x1), int(y0), int(y1)), patch.copy(), (x0 + x1) / 2 - w / 2,
+                                   (y0 + y1) / 2 - h / 2, vectors @ np.diag(values) @ vectors.T))
+        return tiles
+
+    def _find(self, tile: _Tile, current: np.ndarray) -> tuple[float, float, float]:
+        """(dx, dy, score): where the tile's patch is in ``current``, to a sub-pixel."""
+        x0, x1, y0, y1 = tile.box
+        m = self.MARGIN
+        scores = cv2.matchTemplate(current[y0 - m:y1 + m, x0 - m:x1 + m], tile.patch, cv2.TM_CCOEFF_NORMED)
+        _, score, _, (px, py) = cv2.minMaxLoc(scores)
+
+        def offset(a: float, b: float, c: float) -> float:
+            curvature = a - 2 * b + c
+            return 0.0 if curvature >= 0 else 0.5 * (a - c) / curvature
+
+        dx = px - m + (offset(scores[py, px - 1], scores[py, px], scores[py, px + 1])
+                       if 0 < px < scores.shape[1] - 1 else 0.0)
+        dy = py - m + (offset(scores[py - 1, px], scores[py, px], scores[py + 1, px])
+                       if 0 < py < scores.shape[0] - 1 else 0.0)
+        return float(dx), float(dy), float(score)
 
     def estimate(self, sample: Sample) -> tuple[float, float, float, str] | None:
         """(x and y shift of the picture centre as fractions of the width, rotation in degrees, method), or None
-        when it cannot tell (another scene, too little texture)."""
-        if self._reference is None:
+        when it cannot tell (too few reference tiles found again: another scene, everything covered)."""
+        if self._static is None or self._sum is None:
             return None
-        ref_grey, ref_desc, ref_kp = self._reference
-        grey = _normalised(sample.grey)
-        if grey.shape != ref_grey.shape:
+        current = structure(sample.grey)
+        if current.shape != self._static.shape:
             return None
-        h, w = grey.shape
-        self.last_estimate = {}
-        keypoints, descriptors = self._orb.detectAndCompute(grey, None)
-        if ref_desc is not None and descriptors is not None and len(ref_kp) >= self.MIN_INLIERS:
-            matches = self._matcher.match(ref_desc, descriptors)
-            if len(matches) >= self.MIN_INLIERS:
-                src = np.array([ref_kp[m.queryIdx].pt for m in matches], np.float32)
-                dst = np.array([keypoints[m.trainIdx].pt for m in matches], np.float32)
-                matrix, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
-                                                              ransacReprojThreshold=2.0, maxIters=500)
-                if matrix is not None and inliers is not None:
-                    kept = src[inliers.ravel() > 0]
-                    spread = max(float(np.ptp(kept[:, 0])) / w, float(np.ptp(kept[:, 1])) / h) if len(kept) else 0.0
-                    self.last_estimate = {"matches": len(matches), "inliers": len(kept), "spread": round(spread, 2)}
-                    if len(kept) >= self.MIN_INLIERS and spread >= self.MIN_SPREAD:
-                        centre = np.array([w / 2, h / 2, 1.0])
-                        moved = matrix @ centre - centre[:2]
-                        angle = math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
-                        return float(moved[0]) / w, float(moved[1]) / w, angle, "features"
-                    if len(kept) >= self.MIN_INLIERS:
-                        return None  # features agree, but only in one place: a moving object, not the camera
-        if self._window is None or self._window.shape != grey.shape:
-            self._window = cv2.createHanningWindow((w, h), cv2.CV_32F)
-        (dx, dy), response = cv2.phaseCorrelate(ref_grey, grey.astype(np.float32), self._window)
-        self.last_estimate["phase_response"] = round(float(response), 3)
-        if response < self.MIN_PHASE_RESPONSE:
+        if self._tiles is None:
+            self._tiles = self._reference_tiles(self._static, self._sum / max(self._learned, 1))
+        w = current.shape[1]
+        radius = w / 2  # rotation is fitted as the displacement it causes at the picture's side
+        rows, tensors, moves = [], [], []
+        for tile in self._tiles:
+            dx, dy, score = self._find(tile, current)
+            if score >= self.MIN_SCORE:
+                rows.append([[1.0, 0.0, -tile.y / radius], [0.0, 1.0, tile.x / radius]])
+                tensors.append(tile.tensor)
+                moves.append([dx, dy])
+        self.last_estimate = {"tiles": float(len(self._tiles)), "found": float(len(rows))}
+        if len(rows) < self.MIN_TILES:
             return None
-        return dx / w, dy / w, 0.0, "phase"
+        a, j, d = np.array(rows), np.array(tensors), np.array(moves)
+        normal = np.einsum("nki,nkl,nlm->nim", a, j, a)  # each tile's share of the fit's normal equations
+        right = np.einsum("nki,nkl,nl->ni", a, j, d)
+        # consensus: every pair of tiles proposes a motion; the one most tiles agree with wins (RANSAC, exhaustive)
+        first, second = np.triu_indices(len(rows), 1)
+        proposals = np.einsum("nij,nj->ni", np.linalg.pinv(normal[first] + normal[second], rcond=1e-3),
+                              right[first] + right[second])
+        agree = self._residuals(a, j, d, proposals) <= self.MAX_RESIDUAL
+        inliers = agree[int(np.argmax(agree.sum(axis=1)))]
+        params = np.zeros(3)
+        information = 0.0
+        for _ in range(2):  # refit on the consensus, then take the tiles that agree with the refit
+            if inliers.sum() < self.MIN_TILES:
+                return None
+            values, vectors = np.linalg.eigh(normal[inliers].sum(axis=0))
+            measured = values >= self.MIN_INFORMATION  # a direction no kept tile pins stays unmeasured (0)
+            params = vectors[:, measured] @ ((vectors[:, measured].T @ right[inliers].sum(axis=0)) / values[measured])
+            information = float(values[0])
+            inliers = self._residuals(a, j, d, params[None])[0] <= self.MAX_RESIDUAL
+        self.last_estimate.update(agree=float(inliers.sum()), information=round(information, 2))
+        if inliers.sum() < self.MIN_TILES or int(measured.sum()) < self._measurable():
+            return None  # fewer tiles than needed for a direction the reference pins: unmeasured is not 0
+        return float(params[0]) / w, float(params[1]) / w, math.degrees(float(params[2]) / radius), "tiles"
+
+    def _measurable(self) -> int:
+        """How many of (x, y, rotation) the reference's tiles pin when all are found (a conveyor's rails: 2)."""
+        if self._full is None:
+            self._full = sum((self._tile_normal(tile) for tile in self._tiles or []), np.zeros((3, 3)))
+        values = np.linalg.eigvalsh(self._full)
+        return int((values >= self.MIN_INFORMATION).sum())
+
+    def _tile_normal(self, tile: _Tile) -> np.ndarray:
+        radius = self._static.shape[1] / 2 if self._static is not None else 1.0
+        a = np.array([[1.0, 0.0, -tile.y / radius], [0.0, 1.0, tile.x / radius]])
+        return a.T @ tile.tensor @ a
+
+    @staticmethod
+    def _residuals(a: np.ndarray, j: np.ndarray, d: np.ndarray, proposals: np.ndarray) -> np.ndarray:
+        """(proposal, tile) squared misfit in pixels, along the directions each tile pins."""
+        misfit = d[None] - np.einsum("nki,pi->pnk", a, proposals)
+        return np.einsum("pnk,nkl,pnl->pn", misfit, j, misfit)
 
     def update(self, sample: Sample, t: float) -> Reading | None:
+        """The median level of the last ``VOTES`` measured samples (one stray estimate neither raises nor breaks
+        an alarm); a sample that cannot be measured keeps that level for ``HOLD_S`` (a truck over the kerb)."""
         found = self.estimate(sample)
-        previous, self._previous = self._previous, found
+        while self._votes and t - self._votes[0][0] > self.VOTE_WINDOW_S:
+            self._votes.popleft()
         if found is None:
-            return None
-        dx, dy, angle, method = found
-        shift = math.hypot(dx, dy)
-        if shift >= self.config.warning_shift or abs(angle) >= self.config.warning_deg:
-            # a bumped camera stays where it went; a consensus that wanders from sample to sample is a moving
-            # thing (a conveyor belt, a large vehicle), not the camera
-            if previous is None or math.hypot(dx - previous[0], dy - previous[1]) > self.STEADY_SHIFT \
-                    or abs(angle - previous[2]) > self.STEADY_DEG:
+            if self._reading is None or not self._votes or t - self._votes[-1][0] > self.HOLD_S:
                 return None
+            return self._reading
+        dx, dy, angle, _ = found
+        shift = math.hypot(dx, dy)
         c = self.config
         rotation = abs(angle)
-        level = 2 if shift >= c.failed_shift or rotation >= c.failed_deg else \
+        measured = 2 if shift >= c.failed_shift or rotation >= c.failed_deg else \
             1 if shift >= c.warning_shift or rotation >= c.warning_deg else 0
-        return Reading(level=level, value=round(shift, 4), detail={"shift": round(shift, 4),
-                                                                   "rotation_deg": round(angle, 2),
-                                                                   "features": 1.0 if method == "features" else 0.0})
+        self._votes.append((t, measured))
+        levels = sorted(level for _, level in self._votes)
+        level = levels[(len(levels) - 1) // 2]  # the median, the lower one of an even count
+        self._reading = Reading(level=level, value=round(shift, 4),
+                                detail={"shift": round(shift, 4), "rotation_deg": round(angle, 2),
+                                        "measured_level": float(measured), **self.last_estimate})
+        return self._reading
 
 
 class StarvationCheck:
