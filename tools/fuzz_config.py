@@ -247,7 +247,9 @@ def run_case(case: Case, work: Path, limits: Limits, env: dict[str, str],
         proc = subprocess.Popen(command(target), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=root)
         killed = False
-        while True:  # wait4 gives this child's own CPU time and peak memory
+        peak_kib = 0
+        while True:  # wait4 gives this child's own CPU time; its peak memory is sampled from /proc
+            peak_kib = max(peak_kib, _peak_rss_kib(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -261,7 +263,19 @@ def run_case(case: Case, work: Path, limits: Limits, env: dict[str, str],
         out.seek(0)
         output = out.read().decode(errors="replace")
     return Outcome(case, None if killed else proc.returncode, usage.ru_utime + usage.ru_stime,
-                   time.monotonic() - start, usage.ru_maxrss / 1024, output)
+                   time.monotonic() - start, peak_kib / 1024, output)
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """The process's peak resident memory since its exec (VmHWM). Not wait4's ru_maxrss: for a child forked from a
+    large parent (a test runner that ran daemons) that counts the parent's memory at fork time."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def default_env() -> dict[str, str]:
