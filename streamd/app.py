@@ -344,13 +344,15 @@ class Daemon:
         entries = list(self.state.streams)
         if not entries or self.fleet is not None:  # a fleet node runs on: streams may move to it
             return None
-        if all(e.config.is_finite for e in entries) and all(e.finished or e.failed for e in entries):
-            log.info("all_streams_finished", streams=sorted(e.config.name for e in entries))
-            return 0
-        if all(not e.config.is_finite for e in entries) and all(e.failed for e in entries):
+        if not all(e.finished or e.failed for e in entries):
+            return None
+        if all(e.failed for e in entries) and not any(e.config.is_finite for e in entries):
             log.error("all_streams_failed", failed=self.state.streams.failures())
             return 1
-        return None
+        # every file done and every live stream failed: nothing will run again (run() exits 1 if any failed)
+        log.info("all_streams_finished", streams=sorted(e.config.name for e in entries if e.finished),
+                 failed=sorted(e.config.name for e in entries if e.failed))
+        return 0
 
     def _publish_snapshot(self, counters: dict[str, dict[str, Any]]) -> None:
         assert self.status is not None and self.reloads is not None

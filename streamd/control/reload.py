@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,15 @@ from streamd.config.models import DaemonConfig
 from streamd.control.fleet import fleet_streams, owned_view
 from streamd.control.pipelines import ResolvedPipeline, resolve_pipeline, source_key
 from streamd.control.specs import RunningState
+from streamd.control.stages import MODEL_READY_TIMEOUT_S  # a new model's inference stage is ready within this
 from streamd.errors import ConfigError, ModelError
 from streamd.redact import redact
 
 log = structlog.get_logger()
 
-MODEL_READY_TIMEOUT_S = 180.0  # a new model's inference stage must be ready within this (loading + warm-up)
-SYNC_TIMEOUT_S = 30.0  # start the new streams anyway if a shared stage has not confirmed its new config by then
+SYNC_TIMEOUT_S = 30.0
+PREPARE_TIMEOUT_S = 600.0  # reading the file and loading new models: beyond this the reload is rejected
+FLEET_RETRY_S = 5.0  # a rejected lease change is tried again after this  # start the new streams anyway if a shared stage has not confirmed its new config by then
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ReloadPlan:
     files: tuple[Path, ...] = ()  # the files this config was read from
     owned: dict[str, int] | None = None  # fleet: the leases this plan was made for
     fleet_streams: tuple[str, ...] = ()  # fleet: every enabled stream of the file (shared by the nodes)
+    import_failed: dict[str, str] = field(default_factory=dict)  # streams whose hand-over failed: not started
 
     @property
     def empty(self) -> bool:
@@ -89,11 +93,17 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
     start = sorted(n for n in [*changed, *retried] if active[n].pipeline not in still_failing)
     stop = sorted(set(change.removed) | set(change.restarted) | set(retried))
     taken_over = []
+    import_failed: dict[str, str] = {}
     if import_stream is not None:
         for name in start:
             if name not in streams_running and (owned is None or name not in (running_owned or {})):
-                import_stream(name)  # a stream this node took over: its checkpoint and state from the fleet
+                try:
+                    import_stream(name)  # a stream this node took over: its checkpoint and state from the fleet
+                except Exception as exc:  # the fleet's store unreachable: do not count it again from frame 0
+                    import_failed[name] = f"stream {name}: taking it over failed: {redact(str(exc))}"
+                    continue
                 taken_over.append(name)
+        start = [n for n in start if n not in import_failed]
     start_frames = {}
     # a retried file, or one another node was counting, resumes after its checkpoint; an edit runs it anew
     resumed_files = [n for n in {*retried, *taken_over} if active[n].is_finite and n in start]
@@ -104,7 +114,7 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
         finally:
             store.close()
     return ReloadPlan(config=new, change=change, resolved=resolved, still_failing=still_failing, stop=stop,
-                      start=start, start_frames=start_frames, files=loaded.files, owned=owned,
+                      start=start, import_failed=import_failed, start_frames=start_frames, files=loaded.files, owned=owned,
                       fleet_streams=tuple(fleet_streams(loaded.config)))
 
 
@@ -136,8 +146,8 @@ class ReloadController:
         self._owned = owned or (lambda: None)
         self._import_stream = import_stream
         self._on_streams = on_streams  # fleet: the file's stream list changed
-        self._requested: str | None = None
-        self._lock = threading.Lock()
+        self._requests: deque[str] = deque(maxlen=100)  # appended from signal handlers, the API and the fleet thread
+        self._retry_at: float | None = None  # a rejected lease change is tried again (nothing else would ask)
         self._worker: threading.Thread | None = None
         self._prepared: ReloadPlan | BaseException | None = None
         self._reason = ""
@@ -147,6 +157,7 @@ class ReloadController:
         self._new_stages: dict[str, str] = {}  # model key -> inference stage this reload started
         self._deadline = 0.0
         self._started_at = 0.0
+        self._committed = False
         self.status: dict[str, Any] = {"ok": True, "reloads": 0, "failures": 0, "in_progress": False}
 
     @property
@@ -155,12 +166,18 @@ class ReloadController:
 
     def request(self, reason: str) -> None:
         """Thread- and signal-safe; a request during a reload runs once that one is done."""
-        self._requested = reason
+        self._requests.append(reason)
 
     def tick(self, now: float) -> None:
         try:
-            if self._phase == "idle" and self._requested:
+            if self._phase == "idle" and self._retry_at is not None and now >= self._retry_at:
+                self._retry_at = None
+                self._requests.append("fleet")
+            if self._phase == "idle" and self._requests:
                 self._begin(now)
+            elif self._phase == "preparing" and now > self._deadline:
+                self._worker = None  # abandoned (a daemon thread): a hung model load must not block reloads
+                self._reject(f"reading the config and loading its models took more than {PREPARE_TIMEOUT_S:.0f} s")
             elif self._phase == "preparing" and self._worker is not None and not self._worker.is_alive():
                 self._after_prepare(now)
             elif self._phase == "models":
@@ -174,9 +191,12 @@ class ReloadController:
     # --- phases --------------------------------------------------------------------------------------
 
     def _begin(self, now: float) -> None:
-        with self._lock:
-            self._reason, self._requested = self._requested or "signal", None
+        reasons = []
+        while self._requests:
+            reasons.append(self._requests.popleft())
+        self._reason = "fleet" if "fleet" in reasons else (reasons[-1] if reasons else "signal")
         self._phase, self._started_at, self._prepared = "preparing", now, None
+        self._deadline = now + PREPARE_TIMEOUT_S
         self.status["in_progress"] = True
         state = self.state
         args = (self.path, state.config, set(state.pipelines), {e.config.name for e in state.streams.running()},
@@ -202,10 +222,8 @@ class ReloadController:
             return
         assert result is not None
         plan = self._plan = result
-        self.state.files = plan.files
-        if self._on_streams is not None:
-            self._on_streams(list(plan.fleet_streams))
         if plan.empty:
+            self._adopt_files(plan)
             if plan.owned != self.state.owned:  # the same streams, leases taken anew: new epochs to record with
                 self.state.owned = plan.owned
                 self.stages.refresh_shared()
@@ -215,7 +233,9 @@ class ReloadController:
         self.state.staged = dict(plan.resolved)
         existing = self.stages.inference_stages()
         new_keys = sorted({p.model_key for p in plan.resolved.values()} - set(existing))
-        self._new_stages = {key: self.stages.add_inference(key) for key in new_keys}
+        self._new_stages = {}
+        for key in new_keys:  # one by one: an abort retires those already started
+            self._new_stages[key] = self.stages.add_inference(key)
         self._waiting = list(self._new_stages.values())
         self._phase, self._deadline = "models", now + MODEL_READY_TIMEOUT_S
         self._check_models(now)
@@ -240,9 +260,17 @@ class ReloadController:
         if not pending:
             self._commit(now)
 
+    def _adopt_files(self, plan: ReloadPlan) -> None:
+        self.state.files = plan.files
+        if self._on_streams is not None:
+            self._on_streams(list(plan.fleet_streams))
+
     def _commit(self, now: float) -> None:
         plan, state = self._plan, self.state
         assert plan is not None
+        self._adopt_files(plan)
+        self._committed = True  # from here on the reload rolls forward: nothing is taken back
+        self._new_stages = {}  # the committed pipelines need them
         self._notify("reloading")
         for name in plan.stop:
             self.stages.stop_stream(name)
@@ -260,6 +288,10 @@ class ReloadController:
         used = {s.pipeline for s in plan.config.active_streams}
         for name in [n for n in state.pipelines if n not in used]:
             del state.pipelines[name]
+        for name, error in plan.import_failed.items():
+            state.streams.not_started[name] = error
+        if plan.import_failed:
+            self._retry_at = time.monotonic() + FLEET_RETRY_S
         for name in plan.start:
             self.stages.start_stream(name, plan.start_frames.get(name, 0))
         self._waiting = self.stages.refresh_shared()
@@ -276,8 +308,15 @@ class ReloadController:
         plan = self._plan
         assert plan is not None
         for name in plan.start:
-            if name in self.state.streams:
-                self.stages.spawn_decoder(name)
+            entry = self.state.streams.get(name)
+            if entry is None:
+                continue  # its ring could not be made: not started, retried on the next reload
+            if entry.failed is not None or entry.config.pipeline not in self.state.pipelines:
+                # its model failed meanwhile: not started, retried on the next reload
+                self.state.streams.stop(name)
+                self.state.streams.not_started[name] = entry.failed or f"pipeline {entry.config.pipeline} failed"
+                continue
+            self.stages.spawn_decoder(name)
         self.stages.stop_unused_inference()
         self._notify("ready")
         summary = plan.change.summary()
@@ -293,10 +332,14 @@ class ReloadController:
         for name in self._new_stages.values():
             self.stages.retire(name)
         self.state.staged = {}
+        if self._committed:
+            self._notify("ready")  # systemd was told RELOADING: never leave it there
         self._reject(error)
 
     def _reject(self, error: str) -> None:
         error = redact(error)
+        if self._reason == "fleet":
+            self._retry_at = time.monotonic() + FLEET_RETRY_S
         self._finish_status(ok=False, error=error, failures=self.status["failures"] + 1)
         log.error("reload_rejected", reason=self._reason, error=error, action="still running the previous config")
 
@@ -304,3 +347,4 @@ class ReloadController:
         self.status = {**self.status, "error": None, **fields, "ok": ok, "reason": self._reason, "at": time.time(),
                        "in_progress": False}
         self._phase, self._plan, self._waiting, self._new_stages = "idle", None, [], {}
+        self._committed = False

@@ -16,6 +16,7 @@ from streamd.runtime.supervisor import Supervisor
 
 log = structlog.get_logger()
 DECODER_STARTUP_TIMEOUT_S = 60.0
+MODEL_READY_TIMEOUT_S = 180.0  # an inference stage beats once its model is loaded and warmed up
 
 
 class Stages:
@@ -39,7 +40,8 @@ class Stages:
 
     def add_inference(self, model_key: str) -> str:
         # Not critical: a model that fails at run time fails the streams of its pipelines only.
-        return self.supervisor.add(lambda: self.specs.inference(model_key), critical=False)
+        return self.supervisor.add(lambda: self.specs.inference(model_key), critical=False,
+                                   startup_timeout_s=MODEL_READY_TIMEOUT_S)
 
     def inference_stages(self) -> dict[str, str]:
         return {view.key: view.name for view in self.supervisor.views("inference")}
@@ -61,7 +63,9 @@ class Stages:
         return names
 
     def is_current(self, name: str) -> bool:
-        return name not in self.supervisor or self.supervisor.is_current(name)
+        """Runs the current config, or cannot be waited for (gone, failed, backing off: it restarts from it)."""
+        view = self.supervisor.view(name)
+        return view is None or view.state != "running" or self.supervisor.is_current(name)
 
     def stop_unused_inference(self) -> None:
         used = {p.model_key for p in self.state.pipelines.values()} | {p.model_key for p in self.state.staged.values()}
@@ -97,7 +101,7 @@ class Stages:
         stream = next(s for s in self.state.config.active_streams if s.name == name)
         try:
             self.state.streams.start(stream, start_frame)
-        except RingError as exc:
+        except (RingError, OSError) as exc:
             error = f"stream {name}: {exc}"
             self.state.streams.not_started[name] = error
             log.error("stream_failed", stream=name, error=error)

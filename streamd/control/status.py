@@ -58,7 +58,7 @@ class StatusBuilder:
                     del self._ring_views[stream]
                 try:
                     view = self._ring_views[stream] = FrameRing.attach(name)
-                except RingError:
+                except (RingError, OSError):  # gone, or being replaced by a restart: no depth this tick
                     continue
             depths[stream] = max(0, view.write_seq - view.released_seq)
         return depths

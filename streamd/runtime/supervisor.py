@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 import zmq
 
@@ -132,7 +133,14 @@ class Supervisor:
         if handle.heartbeat is not None:
             self._carry(handle, handle.heartbeat)
         process = self._mp.Process(target=run_stage, args=(handle.spec,), name=handle.spec.name, daemon=False)
-        process.start()
+        try:
+            process.start()
+        except OSError as exc:  # out of processes, memory or file descriptors: try again later, never end the loop
+            delay = handle.backoff.next_delay()
+            handle.state, handle.restart_at = "backing_off", time.monotonic() + delay
+            handle.last_error = f"cannot start the process: {exc}"
+            log.error("stage_start_failed", stage=handle.name, error=str(exc), retry_in_s=round(delay, 2))
+            return
         now = time.monotonic()
         handle.process, handle.state, handle.started_at, handle.last_beat = process, "running", now, 0.0
         handle.heartbeat = None
@@ -218,6 +226,22 @@ class Supervisor:
         if remove:
             del self._stages[name]
 
+    def _stop_together(self, handles: list[StageHandle]) -> None:
+        alive = [h for h in handles if h.process is not None and h.process.is_alive()]
+        for handle in alive:
+            handle.state = "stopping"
+            handle.process.terminate()
+        deadline = time.monotonic() + self.config.stop_timeout_s
+        for handle in alive:
+            handle.process.join(max(0.0, deadline - time.monotonic()))
+            if handle.process.is_alive():
+                log.error("stage_kill", stage=handle.name, reason=f"did not stop within {self.config.stop_timeout_s}s")
+                handle.process.kill()
+                handle.process.join(5)
+        for handle in handles:
+            if handle.state not in ("failed", "finished"):
+                handle.state = "stopped"
+
     def _stop_process(self, handle: StageHandle) -> None:
         if handle.process is not None and handle.process.is_alive():
             handle.state = "stopping"
@@ -231,11 +255,13 @@ class Supervisor:
     def stop_all(self) -> None:
         """Stop sources first, then each stage downstream, so each drains what upstream already sent."""
         order = {"decoder": 0, "health": 1, "inference": 1, "analytics": 2, "sinks": 3}
-        for name in sorted(self._stages, key=lambda n: order[self._stages[n].spec.kind]):
-            self.stop_stage(name)
-        for handle, _ in self._retiring:
-            self._stop_process(handle)
+        tiers: dict[int, list[StageHandle]] = {}
+        for handle in self._stages.values():
+            tiers.setdefault(order[handle.spec.kind], []).append(handle)
+        tiers.setdefault(0, []).extend(handle for handle, _ in self._retiring)
         self._retiring.clear()
+        for tier in sorted(tiers):  # a tier at a time, its stages together: one stop_timeout_s per tier
+            self._stop_together(tiers[tier])
         self._receive(0)
         for sock in self._to_stage.values():
             sock.close(linger=0)
@@ -279,6 +305,9 @@ class Supervisor:
                 beat = heartbeat_decoder.decode(self._control.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:  # e.g. a stage of another version
+                log.warning("heartbeat_unreadable", error=str(exc))
+                continue
             handle = self._stages.get(beat.stage)
             if handle is None or handle.process is None or beat.pid != handle.process.pid:
                 continue
@@ -307,9 +336,9 @@ class Supervisor:
         if code is None:
             return  # not reaped yet; the next tick looks again
         if code == 0:
-            handle.state = "finished"
-            log.info("stage_finished", stage=name)
-            return
+            # Stages exit 0 only when told to stop; the supervisor marks those it stops, so this one was stopped
+            # from outside (a plain `kill`): it is restarted like a crash, or its work would silently end.
+            log.warning("stage_stopped_from_outside", stage=name)
         if code == EXIT_FAILED:
             handle.state = "failed"
             log.error("stage_failed", stage=name, error=handle.last_error,
