@@ -435,7 +435,7 @@ class CountStore:
     def counts(self, stream: str | None = None, since: float | None = None,
                until: float | None = None) -> dict[tuple[str, str, str, str], int]:
         """(stream, line, class, direction) -> crossings in [since, until)."""
-        where, args = _window("ts", stream, since, until)
+        where, args = window_clause("ts", stream, since, until)
         query = (f"SELECT stream, line, class_name, direction, COUNT(*) FROM crossings WHERE {where} "
                  "GROUP BY stream, line, class_name, direction ORDER BY stream, line, class_name, direction")
         return {(s, ln, c, d): n for s, ln, c, d, n in self._db.execute(query, args)}
@@ -444,7 +444,7 @@ class CountStore:
                     until: float | None = None) -> dict[tuple[str, str, str], ZoneCount]:
         """(stream, zone, class) -> visits that entered in [since, until), how many of them exited, and
         their mean dwell time."""
-        where, args = _window("entered_ts", stream, since, until)
+        where, args = window_clause("entered_ts", stream, since, until)
         query = (f"SELECT stream, zone, class_name, COUNT(*), COUNT(exited_ts), AVG(dwell_s) FROM zone_visits "
                  f"WHERE {where} GROUP BY stream, zone, class_name ORDER BY stream, zone, class_name")
         return {(st, zn, c): ZoneCount(n, exits, None if dwell is None else float(dwell))
@@ -454,12 +454,14 @@ class CountStore:
         self._db.close()
 
 
-def _window(ts_column: str, stream: str | None, since: float | None,
-            until: float | None) -> tuple[str, list[object]]:
-    """WHERE clause (column names are ours, values are parameters) for a stream and a [since, until) window."""
+def window_clause(ts_column: str, stream: str | None, since: float | None,
+            until: float | None, placeholder: str = "?") -> tuple[str, list[object]]:
+    """WHERE clause (column names are ours, values are parameters) for a stream and a [since, until) window;
+    ``placeholder`` is the driver's parameter mark (sqlite3 ``?``, psycopg ``%s``)."""
     clauses: list[str] = ["1=1"]
     args: list[object] = []
-    for clause, value in (("stream=?", stream), (f"{ts_column}>=?", since), (f"{ts_column}<?", until)):
+    p = placeholder
+    for clause, value in ((f"stream={p}", stream), (f"{ts_column}>={p}", since), (f"{ts_column}<{p}", until)):
         if value is not None:
             clauses.append(clause)
             args.append(value)

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from streamd.analytics.store import ChangeBatch, CrossingRow, ZoneCount, ZoneEventRow, ZoneVisitChange
+from streamd.analytics.store import ChangeBatch, CrossingRow, ZoneCount, ZoneEventRow, ZoneVisitChange, window_clause
 from streamd.errors import StreamdError
 from streamd.fleet.schema import SCHEMA_VERSION, SchemaError, connect, current_version, migrate
 from streamd.redact import redact
@@ -283,7 +283,7 @@ class PostgresCountStore:
     def counts(self, stream: str | None = None, since: float | None = None,
                until: float | None = None) -> dict[tuple[str, str, str, str], int]:
         """(stream, line, class, direction) -> crossings in [since, until), over the whole fleet."""
-        where, args = _window("ts", stream, since, until)
+        where, args = window_clause("ts", stream, since, until, "%s")
         query = (f"SELECT stream, line, class_name, direction, COUNT(*) FROM crossings WHERE {where} "
                  "GROUP BY stream, line, class_name, direction ORDER BY stream, line, class_name, direction")
         return {(s, ln, c, d): int(n) for s, ln, c, d, n in self._conn().execute(query, args).fetchall()}
@@ -292,7 +292,7 @@ class PostgresCountStore:
                     until: float | None = None) -> dict[tuple[str, str, str], ZoneCount]:
         """(stream, zone, class) -> visits that entered in [since, until), how many of them exited, and their
         mean dwell time."""
-        where, args = _window("entered_ts", stream, since, until)
+        where, args = window_clause("entered_ts", stream, since, until, "%s")
         query = (f"SELECT stream, zone, class_name, COUNT(*), COUNT(exited_ts), AVG(dwell_s) FROM zone_visits "
                  f"WHERE {where} GROUP BY stream, zone, class_name ORDER BY stream, zone, class_name")
         return {(st, zn, c): ZoneCount(int(n), int(exits), None if dwell is None else float(dwell))
@@ -303,14 +303,3 @@ class PostgresCountStore:
             self._db.close()
             self._db = None
 
-
-def _window(ts_column: str, stream: str | None, since: float | None,
-            until: float | None) -> tuple[str, list[object]]:
-    """WHERE clause (column names are ours, values are parameters) for a stream and a [since, until) window."""
-    clauses: list[str] = ["true"]
-    args: list[object] = []
-    for clause, value in (("stream=%s", stream), (f"{ts_column}>=%s", since), (f"{ts_column}<%s", until)):
-        if value is not None:
-            clauses.append(clause)
-            args.append(value)
-    return " AND ".join(clauses), args
