@@ -1,4 +1,5 @@
-"""Command line: `streamd run [CONFIG]`, `streamd validate CONFIG`, `streamd model inspect MODEL`, `streamd --version`."""
+"""Command line: `streamd run [CONFIG]`, `streamd validate CONFIG`, `streamd counts CONFIG`, `streamd events export`,
+`streamd fleet status CONFIG`, `streamd model inspect MODEL`, `streamd --version`."""
 
 from __future__ import annotations
 
@@ -141,6 +142,35 @@ def _cmd_events_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fleet_status(args: argparse.Namespace) -> int:
+    import json
+
+    from streamd.api.fleet import FleetReader, FleetUnreachable
+    from streamd.config import load_config
+    from streamd.fleet.report import format_fleet_status
+
+    try:
+        config = load_config(args.config, check_paths=False).config
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not config.fleet.enabled or config.counts.url is None:
+        print(f"error: {args.config}: not a fleet config: set fleet.enabled: true and counts.url (docs/fleet.md)",
+              file=sys.stderr)
+        return 1
+    try:
+        status = FleetReader(config.counts.url, timeout_s=args.timeout).read()
+    except FleetUnreachable as exc:
+        print(f"error: {args.config}: the fleet database (counts.url {redact(config.counts.url)}) did not answer: "
+              f"{exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"owners": status.owners(), **status.as_dict()}, indent=2))
+    else:
+        print(format_fleet_status(status))
+    return 0
+
+
 def _cmd_model_inspect(args: argparse.Namespace) -> int:
     from streamd.infer.inspect import run_cli
 
@@ -177,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--stream", help="only this stream")
     export.add_argument("--out", required=True, help="folder to write events.csv, events.json and files/ into")
     export.set_defaults(func=_cmd_events_export)
+    fleet = sub.add_parser("fleet", help="the fleet of nodes sharing counts.url").add_subparsers(
+        dest="fleet_command", required=True)
+    fleet_status = fleet.add_parser("status", help="members, which node owns which stream, lease ages, recent moves")
+    fleet_status.add_argument("config", help="a fleet node's config (gives counts.url)")
+    fleet_status.add_argument("--json", action="store_true", help="machine-readable output")
+    fleet_status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the database")
+    fleet_status.set_defaults(func=_cmd_fleet_status)
     model = sub.add_parser("model", help="model files").add_subparsers(dest="model_command", required=True)
     inspect = model.add_parser("inspect", help="adapter, input size, classes, batch axis, precision and latency "
                                "of MODEL as the daemon would read it")

@@ -79,7 +79,7 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], hist: Any, buck
     family.add_metric(labels, cumulative, total * scale)
 
 
-def _count(family: CounterMetricFamily, labels: list[str], value: float, mono: Monotonic) -> None:
+def add_count(family: CounterMetricFamily, labels: list[str], value: float, mono: Monotonic) -> None:
     family.add_metric(labels, mono.value((family.name, *labels), float(value)))
 
 
@@ -109,15 +109,15 @@ class DaemonCollector(Collector):
                                               "(decoded to batched), infer, analyse.", labels=["stream", "step"])
         for name, s in streams.items():
             fps.add_metric([name], s["fps"])
-            _count(frames, [name, "decoded"], s["frames_decoded"], mono)
-            _count(frames, [name, "analysed"], s["frames_analysed"], mono)
+            add_count(frames, [name, "decoded"], s["frames_decoded"], mono)
+            add_count(frames, [name, "analysed"], s["frames_analysed"], mono)
             for cause, n in s["dropped"].items():
-                _count(dropped, [name, cause], n, mono)
-            _count(reconnects, [name], s["reconnects"], mono)
+                add_count(dropped, [name, cause], n, mono)
+            add_count(reconnects, [name], s["reconnects"], mono)
             up.add_metric([name, str(s["state"])], 1.0 if s["state"] == "streaming" else 0.0)
             if s.get("queue_depth") is not None:
                 queue.add_metric([name], s["queue_depth"])
-            _count(events, [name], s["events"], mono)
+            add_count(events, [name], s["events"], mono)
             c = counters.get(name, {})
             if c.get("latency_hist"):
                 _histogram(latency, [name], c["latency_hist"], LATENCY_BUCKETS_MS, 1e-3, mono)
@@ -150,7 +150,7 @@ class DaemonCollector(Collector):
                 outbox_age.add_metric([sink], ob.oldest_age_s)
                 outbox_up.add_metric([sink], 1.0 if ob.target_up else 0.0)
                 for result in ("delivered", "retries", "dropped_full", "rejected"):
-                    _count(outbox_events, [sink, result], getattr(ob, result), mono)
+                    add_count(outbox_events, [sink, result], getattr(ob, result), mono)
         yield from (infer, batch, outbox_depth, outbox_age, outbox_up, outbox_events)
 
         sink_up = GaugeMetricFamily("streamd_sink_up", "1 while the sink is open and working; 0 while it is down "
@@ -159,27 +159,33 @@ class DaemonCollector(Collector):
                                            "or not yet flushed when it failed.", labels=["sink"])
         for sink, health in snap.get("sinks", {}).items():
             sink_up.add_metric([sink], 1.0 if health["state"] == "up" else 0.0)
-            _count(sink_dropped, [sink], health["dropped"], mono)
+            add_count(sink_dropped, [sink], health["dropped"], mono)
         yield from (sink_up, sink_dropped)
 
         stages_up = GaugeMetricFamily("streamd_stage_up", "1 while the stage process runs.", labels=["stage"])
         restarts = CounterMetricFamily("streamd_stage_restarts", "Stage process restarts.", labels=["stage"])
         for stage, info in snap.get("stages", {}).items():
             stages_up.add_metric([stage], 1.0 if info["state"] == "running" else 0.0)
-            _count(restarts, [stage], info["restarts"], mono)
+            add_count(restarts, [stage], info["restarts"], mono)
         yield from (stages_up, restarts)
 
         reload = snap.get("reload", {})
         reloads = CounterMetricFamily("streamd_config_reloads", "Config reloads by result.", labels=["result"])
-        _count(reloads, ["applied"], reload.get("reloads", 0), mono)
-        _count(reloads, ["rejected"], reload.get("failures", 0), mono)
+        add_count(reloads, ["applied"], reload.get("reloads", 0), mono)
+        add_count(reloads, ["rejected"], reload.get("failures", 0), mono)
         last_ok = GaugeMetricFamily("streamd_config_last_reload_ok", "1 if the last reload was applied (or none "
                                     "was tried), 0 if the file was rejected and the previous config still runs.")
         last_ok.add_metric([], 1.0 if reload.get("ok", True) else 0.0)
         yield from (reloads, last_ok)
 
 
-def registry_for(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+def registry_for(snapshot: Callable[[], dict[str, Any]],
+                 fleet_reader: Callable[[], Any] | None = None) -> CollectorRegistry:
+    """``fleet_reader`` returns the streamd.api.fleet.FleetReader of a fleet node (None: not in a fleet)."""
+    from streamd.api.fleet_metrics import FleetCollector  # it builds on this module's Monotonic
+
+    mono = Monotonic()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(snapshot))
+    registry.register(DaemonCollector(snapshot, mono))
+    registry.register(FleetCollector(snapshot, fleet_reader or (lambda: None), mono))
     return registry

@@ -1,6 +1,7 @@
 """HTTP API (Starlette, served by uvicorn in a thread of the supervisor process).
 
-Endpoints: /healthz, /readyz (no auth); /api/streams, /api/counts, /api/config, POST /api/reload, /metrics,
+Endpoints: /healthz, /readyz (no auth); /api/streams, /api/counts, /api/config, POST /api/reload, /api/fleet,
+/metrics,
 /preview/<stream>.mjpg, /preview/<stream>.jpg and the preview page at /.
 
 Access rules (``ApiGuard``):
@@ -42,6 +43,7 @@ from starlette.routing import Route
 
 from streamd.analytics.store import ShiftSchedule, hour_window
 from streamd.analytics.stores import open_count_store
+from streamd.api.fleet import FleetReader, FleetUnreachable
 from streamd.api.metrics import registry_for
 from streamd.api.preview import PreviewHub
 from streamd.config.models import LOOPBACK_HOSTS, ApiConfig, DaemonConfig
@@ -118,8 +120,26 @@ def redacted_config(config: DaemonConfig) -> dict[str, Any]:
     return data
 
 
+class _FleetReaders:
+    """One FleetReader for the config's counts.url (a reload may change the config object, not the URL)."""
+
+    def __init__(self, view: DaemonView):
+        self._view = view
+        self._reader: FleetReader | None = None
+
+    def get(self) -> FleetReader | None:
+        config = self._view.config
+        url = config.counts.url if config.fleet.enabled else None
+        if url is None:
+            return None
+        if self._reader is None or self._reader.url != url:
+            self._reader = FleetReader(url)
+        return self._reader
+
+
 def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette:
-    registry = registry_for(lambda: view.snapshot)
+    fleet_readers = _FleetReaders(view)
+    registry = registry_for(lambda: view.snapshot, fleet_readers.get)
     page = resources.files("streamd.api").joinpath("page.html").read_text()
 
     async def healthz(request: Request) -> Response:
@@ -172,8 +192,22 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
         log.info("camera_health_reset_requested", stream=stream)
         return JSONResponse({"stream": stream, "reset": True}, status_code=202)
 
+    async def fleet(request: Request) -> Response:
+        """Members, who owns which stream, lease ages and recent moves (from PostgreSQL), and this node's view."""
+        reader = fleet_readers.get()
+        node = redact_strings(view.snapshot.get("fleet"))
+        if reader is None:
+            return JSONResponse({"error": "this daemon is not in a fleet: set fleet.enabled and counts.url "
+                                          "(docs/fleet.md)"}, status_code=404)
+        try:
+            status = await run_in_threadpool(reader.read)
+        except FleetUnreachable as exc:
+            return JSONResponse({"error": f"count store unreachable: {exc}", "node": node}, status_code=503)
+        return JSONResponse(redact_strings({"node": node, "owners": status.owners(), **status.as_dict()}))
+
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # in a thread: the fleet's part may wait (briefly) on the database
+        return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
     async def index(request: Request) -> Response:
         # the page may be opened as /?token=...: keep that URL out of Referer headers
@@ -216,7 +250,7 @@ def build_app(view: DaemonView, hub: PreviewHub, token: str | None) -> Starlette
     app = Starlette(routes=[
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/", index),
         Route("/api/streams", streams), Route("/api/counts", counts), Route("/api/config", config),
-        Route("/api/reload", reload, methods=["POST"]), Route("/metrics", metrics),
+        Route("/api/reload", reload, methods=["POST"]), Route("/api/fleet", fleet), Route("/metrics", metrics),
         Route("/api/streams/{stream}/health/reset", health_reset, methods=["POST"]),
         Route("/preview/{stream}.mjpg", mjpeg), Route("/preview/{stream}.jpg", snapshot_jpeg),
         *evidence_routes(lambda: view.config),  # /api/events... (streamd/evidence/api.py)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -38,6 +38,17 @@ class FleetStatus:
     members: list[MemberStatus] = field(default_factory=list)
     leases: list[LeaseStatus] = field(default_factory=list)
     moves: list[MoveStatus] = field(default_factory=list)
+    moves_last_hour: int = 0  # lease hand-overs of the whole fleet in the last hour (flapping shows here)
+
+    def owners(self) -> dict[str, str | None]:
+        """Who runs each stream now: the owner of a valid lease, None for a stream nobody holds."""
+        return {lease.stream: lease.owner if lease.valid else None for lease in self.leases}
+
+    def moves_since(self, since: float) -> int:
+        return sum(1 for move in self.moves if move.at >= since)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def fleet_status(conn: Any, moves: int = 50) -> FleetStatus:
@@ -54,4 +65,5 @@ def fleet_status(conn: Any, moves: int = 50) -> FleetStatus:
     recent = [MoveStatus(str(s), f, str(t), int(e), float(at)) for s, f, t, e, at in conn.execute(
         "SELECT stream, from_node, to_node, epoch, extract(epoch FROM at) FROM lease_moves ORDER BY id DESC LIMIT %s",
         (moves,)).fetchall()]
-    return FleetStatus(members, leases, recent)
+    last_hour = int(conn.execute("SELECT count(*) FROM lease_moves WHERE at > now() - interval '1 hour'").fetchone()[0])
+    return FleetStatus(members, leases, recent, last_hour)
