@@ -51,14 +51,6 @@ class FleetReader:
             raise FleetUnreachable(answer.error or "the fleet database did not answer")
         return answer.status
 
-    def cached(self) -> FleetStatus | None:
-        """The last good answer still within the cache time, without querying (for a metrics scrape that must
-        not wait on the database: the scrape before refreshes it)."""
-        answer = self._answer
-        if answer is None or answer.status is None or self._clock() - answer.at >= self._cache_s * 4:
-            return None
-        return answer.status
-
     def _query(self) -> _Answer:
         from streamd.fleet.schema import connect
         from streamd.fleet.status import fleet_status

@@ -44,9 +44,6 @@ class FleetStatus:
         """Who runs each stream now: the owner of a valid lease, None for a stream nobody holds."""
         return {lease.stream: lease.owner if lease.valid else None for lease in self.leases}
 
-    def moves_since(self, since: float) -> int:
-        return sum(1 for move in self.moves if move.at >= since)
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

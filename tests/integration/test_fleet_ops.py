@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -126,3 +128,33 @@ def test_fleet_status_refuses_a_config_without_a_fleet(tmp_path: Path) -> None:
         "pipelines": {"p": {"model": "model.onnx"}}})
     out = fleet_cli(cfg)
     assert out.returncode == 1 and "not a fleet config" in out.stderr and str(cfg) in out.stderr, out.stderr
+
+
+def test_api_fleet_outside_a_fleet_without_a_token_and_with_a_dead_database(tmp_path: Path) -> None:
+    """The API's answers that need no running daemon: 404 outside a fleet, 401 without the token, and 503
+    naming the unreachable count store (a port nothing listens on) without the URL's password."""
+    from starlette.testclient import TestClient
+
+    from streamd.api.server import build_app
+    from tests.unit.test_api_auth import BEARER, TOKEN, FakeView, make_config
+
+    def api(config: Any) -> TestClient:
+        app = build_app(FakeView(config), hub=None, token=TOKEN)  # type: ignore[arg-type]  # no preview hub needed
+        return TestClient(app, base_url="http://127.0.0.1:8080")
+
+    single = api(make_config(token=TOKEN))
+    assert single.get("/api/fleet").status_code == 401
+    outside = single.get("/api/fleet", headers=BEARER)
+    assert outside.status_code == 404 and "not in a fleet" in outside.json()["error"], outside.text
+
+    with socket.socket() as probe:  # a free port: bound, then closed, so nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = api(make_config(token=TOKEN, counts={"path": str(tmp_path / "c.db"),
+                                                "url": f"postgresql://streamd:{PASSWORD}@127.0.0.1:{port}/streamd"},
+                           fleet={"enabled": True, "node_id": "node-x"}))
+    answer = dead.get("/api/fleet", headers=BEARER)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"].startswith("count store unreachable:") and PASSWORD not in answer.text, answer.text
+    metrics = dead.get("/metrics", headers=BEARER).text
+    assert "streamd_fleet_db_up 0.0" in metrics and PASSWORD not in metrics
