@@ -151,13 +151,21 @@ class Daemon:
             log.info("stream_handed_over", stream=stream, checkpoint_frame=handover.checkpoint_frame,
                      state=handover.state, open_visits=handover.open_visits, dropped=handover.dropped)
 
+    def _stream_stopped(self, stream: str) -> bool:
+        """(fleet thread) The stream no longer runs here and the reload that stopped it is through: analytics has
+        taken the change, so everything it recorded for the stream is in the local store."""
+        reloads = self.reloads
+        return reloads is not None and not reloads.busy and stream not in self.state.streams
+
     def _join_fleet(self) -> None:
         """In a fleet, run only the streams this node holds a lease on; a change of leases is a reload."""
         config = self.loaded.config
         if not config.fleet.enabled or config.counts.url is None:
             return
         fleet = self.fleet = FleetMembership(config.fleet, config.counts.url, fleet_streams(config),
-                                             on_change=lambda: self.request_reload("fleet"))
+                                             on_change=lambda: self.request_reload("fleet"),
+                                             stopped=self._stream_stopped,
+                                             deliver=self.replicator.flush if self.replicator is not None else None)
         fleet.start(wait_s=2 * config.fleet.heartbeat_s)
         self.state.owned = fleet.owned()
         self.state.config = owned_view(config, self.state.owned)

@@ -36,13 +36,21 @@ def owned_view(config: DaemonConfig, owned: dict[str, int] | None) -> DaemonConf
 
 
 class FleetMembership:
-    def __init__(self, config: FleetConfig, url: str, streams: list[str], on_change: Callable[[], None]):
+    def __init__(self, config: FleetConfig, url: str, streams: list[str], on_change: Callable[[], None],
+                 stopped: Callable[[str], bool] = lambda stream: True,
+                 deliver: Callable[[float], bool] | None = None):
+        """``stopped(stream)``: the daemon no longer runs ``stream`` (the reload without it is done);
+        ``deliver(timeout_s)``: wait until the counts recorded so far reached the fleet's store. A stream the
+        assignment moves to another node is released only after both, so that its new owner continues from its
+        last counts instead of having them fenced (or after failover_s, whatever happened)."""
         from streamd.fleet import FleetNode  # psycopg only when a fleet is configured
 
         self.config = config
         self._node = FleetNode(url, config.node_id, streams, config.failover_s, config.heartbeat_s,
-                               hold_through_outage=True)
+                               hold_through_outage=True, drain_before_release=True)
         self._on_change = on_change
+        self._stopped = stopped
+        self._deliver = deliver
         self._owned: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -73,7 +81,23 @@ class FleetMembership:
             if changed:
                 log.info("fleet_streams", node=self.config.node_id, streams=sorted(owned))
                 self._on_change()
+            self._hand_over(started)
             self._stop.wait(max(0.0, self.config.heartbeat_s - (time.monotonic() - started)))
+
+    def _hand_over(self, started: float) -> None:
+        """Release the draining streams that have stopped here, once their last counts are delivered; looks again
+        every 0.2 s within this heartbeat, so a hand-over waits for the reload, not for the next tick."""
+        while not self._stop.is_set():
+            waiting = self._node.draining()
+            ready = [s for s in waiting if self._stopped(s)]
+            if ready:
+                delivered = self._deliver(self.config.failover_s / 2) if self._deliver is not None else True
+                for stream in ready:
+                    self._node.release(stream, delivered)
+            if not waiting or len(ready) == len(waiting) or \
+                    time.monotonic() - started > self.config.heartbeat_s - 0.2:
+                return
+            self._stop.wait(0.2)
 
     def owned(self) -> dict[str, int]:
         with self._lock:
@@ -83,7 +107,7 @@ class FleetMembership:
         self._node.set_streams(streams)
 
     def status(self) -> dict[str, Any]:
-        return {"node": self.config.node_id, "streams": sorted(self.owned()),
+        return {"node": self.config.node_id, "streams": sorted(self.owned()), "draining": self._node.draining(),
                 "outage_since": self._node.outage_since, "last_error": self._node.last_error}
 
     def stop(self) -> None:

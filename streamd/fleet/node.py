@@ -47,8 +47,12 @@ class HeldLease:
 
 class FleetNode:
     def __init__(self, url: str, node_id: str, streams: Iterable[str], failover_s: float = 15.0,
-                 heartbeat_s: float = 3.0, *, hold_through_outage: bool = False,
+                 heartbeat_s: float = 3.0, *, hold_through_outage: bool = False, drain_before_release: bool = False,
                  clock: Callable[[], float] = time.monotonic, connect_timeout_s: float | None = None):
+        """``drain_before_release``: a stream the assignment moves elsewhere is not released at once but
+        *draining* -- no longer in ``owned()``, its lease still renewed (so nobody else runs it yet) -- until the
+        caller has stopped it and delivered its last counts and calls ``release(stream)``; after ``failover_s`` it
+        is released anyway. Without it, such a lease is released in the same tick."""
         if heartbeat_s * 4 > failover_s:
             raise ValueError(f"heartbeat_s {heartbeat_s:g} is too long for failover_s {failover_s:g}: use at most "
                              f"{failover_s / 4:g}")
@@ -62,6 +66,8 @@ class FleetNode:
         self._timeout_s = connect_timeout_s if connect_timeout_s is not None else max(1.0, heartbeat_s)
         self._streams = sorted(set(streams))
         self._held: dict[str, HeldLease] = {}
+        self.drain_before_release = drain_before_release
+        self._draining: dict[str, tuple[HeldLease, float]] = {}  # stream -> (lease, when draining began)
         self._lock = threading.Lock()
         self._db: Any = None
         self._migrated = False
@@ -134,7 +140,7 @@ class FleetNode:
         gap = max(2 * self.heartbeat_s, self.heartbeat_s + 2.0)
         sent = self._clock()
         with self._lock:
-            mine = list(self._held.values())
+            mine = list(self._held.values()) + [lease for lease, _ in self._draining.values()]
         try:
             db = self._conn()
             with db.transaction():
@@ -166,7 +172,13 @@ class FleetNode:
         renewed = {str(s): int(e) for s, e in kept}
         with self._lock:
             for h in mine:
-                if renewed.get(h.stream) == h.epoch:
+                draining = self._draining.get(h.stream)
+                if draining is not None and draining[0] == h:
+                    if renewed.get(h.stream) == h.epoch:
+                        self._draining[h.stream] = (HeldLease(h.stream, h.epoch, sent + ttl), draining[1])
+                    else:
+                        del self._draining[h.stream]
+                elif renewed.get(h.stream) == h.epoch:
                     self._held[h.stream] = HeldLease(h.stream, h.epoch, sent + ttl)
                 elif self._held.get(h.stream) == h:
                     del self._held[h.stream]
@@ -196,9 +208,16 @@ class FleetNode:
         with self._lock:
             streams = list(self._streams)
             mine = dict(self._held)
+            draining = {s: lease for s, (lease, since) in self._draining.items()}
+            overdue = [lease for lease, since in self._draining.values() if sent - since > self.failover_s]
         db = self._conn()
         acquired: dict[str, int] = {}
         released: list[HeldLease] = []
+        started_draining: list[HeldLease] = []
+        for lease in overdue:
+            self.log.warning("lease_drain_timeout", stream=lease.stream, epoch=lease.epoch, after_s=self.failover_s,
+                             reason="the stream's last counts were not delivered in time; releasing anyway")
+            self.release(lease.stream)
         with db.transaction():
             live = [str(r[0]) for r in db.execute("SELECT node FROM nodes WHERE expires_at > now()").fetchall()]
             if self.node_id not in live:
@@ -212,10 +231,22 @@ class FleetNode:
                     with self._lock:  # stop owning it here before the release can let another node take it
                         if self._held.get(h.stream) == h:
                             del self._held[h.stream]
+                            if self.drain_before_release:
+                                self._draining[h.stream] = (h, sent)
+                    if self.drain_before_release:
+                        started_draining.append(h)
+                        continue
                     db.execute("UPDATE leases SET expires_at = now() WHERE stream = %s AND owner = %s AND epoch = %s",
                                (h.stream, self.node_id, h.epoch))
                     released.append(h)
-            wanted = [s for s, n in target.items() if n == self.node_id and s not in mine]
+            for s, h in draining.items():
+                if target.get(s) == self.node_id:  # assigned back before it was handed over: run it again
+                    with self._lock:
+                        if self._draining.get(s, (None,))[0] == h:
+                            del self._draining[s]
+                            self._held[s] = h
+                    self.log.info("lease_kept", stream=s, epoch=h.epoch, reason="assigned back while draining")
+            wanted = [s for s, n in target.items() if n == self.node_id and s not in mine and s not in draining]
             if self._joined_at is None or sent - self._joined_at < self.heartbeat_s:
                 wanted = []  # just joined: let nodes that start at the same time see each other first
             if wanted:
@@ -241,8 +272,41 @@ class FleetNode:
                 self._held[s] = HeldLease(s, epoch, sent + ttl)
         for h in released:
             self.log.info("lease_released", stream=h.stream, epoch=h.epoch, to=target.get(h.stream))
+        for h in started_draining:
+            self.log.info("lease_draining", stream=h.stream, epoch=h.epoch, to=target.get(h.stream),
+                          action="stopping the stream and delivering its last counts before the release")
         for s, epoch in acquired.items():
             self.log.info("lease_acquired", stream=s, epoch=epoch)
+
+    def draining(self) -> list[str]:
+        """Streams assigned elsewhere that this node still holds until ``release`` (drain_before_release)."""
+        with self._lock:
+            return sorted(self._draining)
+
+    def release(self, stream: str, delivered: bool = True) -> bool:
+        """Hand a draining stream over: its lease expires now, and the node it is assigned to takes it at its next
+        tick. ``delivered``: whether its last counts reached the store (logged). False when the database did not
+        answer (the lease is kept draining and renewed; it is tried again, or expires)."""
+        import psycopg
+
+        with self._lock:
+            entry = self._draining.get(stream)
+        if entry is None:
+            return False
+        lease, since = entry
+        try:
+            db = self._conn()
+            db.execute("UPDATE leases SET expires_at = now() WHERE stream = %s AND owner = %s AND epoch = %s",
+                       (stream, self.node_id, lease.epoch))
+        except psycopg.Error as exc:
+            self._failed(exc)
+            return False
+        with self._lock:
+            if self._draining.get(stream, (None,))[0] == lease:
+                del self._draining[stream]
+        self.log.info("lease_released", stream=stream, epoch=lease.epoch, drained=delivered,
+                      drain_s=round(self._clock() - since, 2))
+        return True
 
     def leave(self) -> None:
         """Graceful stop: release every lease and the membership now, so the others take the streams at their next
@@ -250,8 +314,9 @@ class FleetNode:
         import psycopg
 
         with self._lock:
-            mine = list(self._held.values())
+            mine = list(self._held.values()) + [lease for lease, _ in self._draining.values()]
             self._held.clear()
+            self._draining.clear()
         try:
             db = self._conn()
             with db.transaction():

@@ -444,3 +444,42 @@ def test_a_node_cut_off_from_the_database_is_replaced_and_fenced(fleet: Callable
     assert store.counts() == {}
     store.close()
     proxy.close()
+
+
+def test_a_rebalanced_stream_is_released_only_when_its_node_has_drained_it(fleet: Callable[..., Runner],
+                                                                         pg_url: str) -> None:
+    """drain_before_release: a stream the assignment moves to a joining node leaves the old node's owned() at once
+    but keeps its lease (nobody else runs it) until release(); then the new node takes it with a new epoch."""
+    first = fleet("node-a", drain_before_release=True)
+    wait_until(lambda: settled([first], pg_url), 20, "one node holds all six streams")
+    epochs = db_leases(pg_url)
+    monitor = Monitor([first])
+    second = fleet("node-b", drain_before_release=True)
+    monitor.runners = [first, second]
+    wait_until(lambda: len(first.node.draining()) == 3, 20, "three streams draining on node-a")
+    draining = first.node.draining()
+    assert not set(draining) & set(first.owned()), "a draining stream is still analysed"
+    # for several heartbeats (well under the drain timeout) node-b waits: the leases are still node-a's
+    deadline = time.monotonic() + 4 * HEARTBEAT_S
+    while time.monotonic() < deadline:
+        leases = db_leases(pg_url)
+        assert all(leases[s][0] == "node-a" and leases[s][2] for s in draining), leases
+        assert not set(draining) & set(second.owned())
+        time.sleep(0.05)
+    for stream in draining:
+        assert first.node.release(stream)
+    wait_until(lambda: settled([first, second], pg_url), 20, "node-b took the released streams")
+    leases = db_leases(pg_url)
+    assert all(leases[s][0] == "node-b" and leases[s][1] == epochs[s][1] + 1 for s in draining), leases
+    assert not first.node.draining() and monitor.stop() == []
+
+
+def test_a_drain_that_never_finishes_is_released_after_failover_s(fleet: Callable[..., Runner], pg_url: str) -> None:
+    first = fleet("node-a", drain_before_release=True)
+    wait_until(lambda: settled([first], pg_url), 20, "one node holds all six streams")
+    second = fleet("node-b", drain_before_release=True)
+    wait_until(lambda: len(first.node.draining()) == 3, 20, "three streams draining on node-a")
+    began = time.monotonic()
+    took = wait_until(lambda: settled([first, second], pg_url), FAILOVER_S + 20, "released after the drain timeout")
+    assert time.monotonic() - began >= FAILOVER_S - 2 * HEARTBEAT_S, took  # not before the drain timeout
+    assert sorted(len(r.owned()) for r in (first, second)) == [3, 3]
