@@ -66,6 +66,8 @@ class FleetCollector(Collector):
                                     "node holds a lease on (they are not analysed).")
         moves = GaugeMetricFamily("streamd_fleet_lease_moves_last_hour", "Lease hand-overs in the whole fleet in "
                                   "the last hour.")
+        moves_total = CounterMetricFamily("streamd_fleet_lease_moves", "Lease hand-overs in the whole fleet since "
+                                          "its database was created (alert on its increase: leases flapping).")
         try:
             status = reader.read()
         except FleetUnreachable:
@@ -78,4 +80,5 @@ class FleetCollector(Collector):
             age.add_metric([member.node], member.heartbeat_age_s)
         unowned.add_metric([], float(sum(1 for owner in status.owners().values() if owner is None)))
         moves.add_metric([], float(status.moves_last_hour))
-        yield from (reachable, members, age, unowned, moves)
+        add_count(moves_total, [], status.moves_total, self._mono)
+        yield from (reachable, members, age, unowned, moves, moves_total)

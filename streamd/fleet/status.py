@@ -39,6 +39,7 @@ class FleetStatus:
     leases: list[LeaseStatus] = field(default_factory=list)
     moves: list[MoveStatus] = field(default_factory=list)
     moves_last_hour: int = 0  # lease hand-overs of the whole fleet in the last hour (flapping shows here)
+    moves_total: int = 0  # hand-overs since the fleet's database was created (its id sequence: never pruned)
 
     def owners(self) -> dict[str, str | None]:
         """Who runs each stream now: the owner of a valid lease, None for a stream nobody holds."""
@@ -63,4 +64,7 @@ def fleet_status(conn: Any, moves: int = 50) -> FleetStatus:
         "SELECT stream, from_node, to_node, epoch, extract(epoch FROM at) FROM lease_moves ORDER BY id DESC LIMIT %s",
         (moves,)).fetchall()]
     last_hour = int(conn.execute("SELECT count(*) FROM lease_moves WHERE at > now() - interval '1 hour'").fetchone()[0])
-    return FleetStatus(members, leases, recent, last_hour)
+    # the id sequence, not count(*): old moves are pruned after a day, and a counter must not go down
+    total = int(conn.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM lease_moves_id_seq")
+                .fetchone()[0])
+    return FleetStatus(members, leases, recent, last_hour, total)

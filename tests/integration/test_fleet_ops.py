@@ -98,6 +98,8 @@ def test_fleet_api_cli_metrics_and_alert_series(tmp_path: Path, pg_server: PgSer
     for series in ("streamd_fleet_member_up{node=\"node-2\"} 1.0", "streamd_fleet_streams_unowned 0.0",
                    "streamd_count_store_up 1.0", "streamd_fleet_heartbeat_ok 1.0", "streamd_fleet_db_up 1.0"):
         assert series in capture, series
+    moves_total = re.search(r"^streamd_fleet_lease_moves_total ([0-9.]+)$", capture, re.M)
+    assert moves_total and float(moves_total.group(1)) >= len(STREAMS), capture  # each first acquisition counts
     exported = set(re.findall(r"^(streamd_[a-z_]+)", capture, re.M))
     expressions = "\n".join(line for line in RULES.read_text().splitlines() if line.strip().startswith("expr:"))
     used = set(re.findall(r"\b(streamd_[a-z_]+)\b", expressions))

@@ -50,6 +50,46 @@ tests:
 """
 
 
+FLAPPING_TESTS = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # a node died once: 12 streams moved in one burst, then nothing
+      - series: 'streamd_fleet_lease_moves_total{{instance="a:8080"}}'
+        values: '0 12x60'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: StreamdLeasesFlapping
+        exp_alerts: []
+      - eval_time: 15m  # the burst is still in the window, but not for 20 minutes
+        alertname: StreamdLeasesFlapping
+        exp_alerts: []
+      - eval_time: 40m
+        alertname: StreamdLeasesFlapping
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      # two moves a minute for an hour (a node in a crash loop), seen by two scraping nodes alike
+      - series: 'streamd_fleet_lease_moves_total{{instance="a:8080"}}'
+        values: '0+2x60'
+      - series: 'streamd_fleet_lease_moves_total{{instance="b:8080"}}'
+        values: '0+2x60'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: StreamdLeasesFlapping
+        exp_alerts: []
+      - eval_time: 40m
+        alertname: StreamdLeasesFlapping
+        exp_alerts:
+          - exp_labels: {{severity: warning}}
+            exp_annotations:
+              summary: 30 lease moves in the last 15 minutes, for 20 minutes
+              description: "{description}"
+"""
+
+
 def promtool() -> str:
     path = shutil.which("promtool")
     require(path is not None, "promtool (Debian package prometheus) is not installed")
@@ -74,6 +114,27 @@ def test_node_down_and_stream_down_fire_once_per_problem(tmp_path: Path) -> None
     tests.write_text(RULE_TESTS.format(rules=RULES, node_down=node_down, stream_down=stream_down))
     out = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_burst_of_moves_is_not_flapping_but_moves_that_keep_coming_are(tmp_path: Path) -> None:
+    import yaml
+
+    rules = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    tests = tmp_path / "flapping_test.yml"
+    tests.write_text(FLAPPING_TESTS.format(rules=RULES,
+                                           description=rules["StreamdLeasesFlapping"]["annotations"]["description"]))
+    out = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_rule_waits_and_tells_the_operator_what_to_do() -> None:
+    import yaml
+
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            assert rule.get("for"), f"{rule['alert']}: no for: (one bad scrape would page someone)"
+            assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+            assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 40, rule["alert"]
 
 
 @pytest.mark.parametrize("name", ["StreamdNodeDown", "StreamdStreamsWithoutOwner", "StreamdLeasesFlapping",
