@@ -115,7 +115,9 @@ class AnalyticsStage(Stage):
                 elif isinstance(msg, StreamEnd):
                     self._on_end(msg)
                 elif isinstance(msg, StreamRemoved):
-                    if self.rings.get(msg.stream) == msg.ring:
+                    if self.rings.get(msg.stream) == msg.ring and msg.handed_over:
+                        self._forget(msg.stream)
+                    elif self.rings.get(msg.stream) == msg.ring:
                         self._reset(msg.stream)
                     self._send(encoder.encode(msg))
                 elif isinstance(msg, Reconfigure):
@@ -216,6 +218,14 @@ class AnalyticsStage(Stage):
             self.store.clear_state(stream, epoch=self.analytics_params.epochs.get(stream))
         self.last_seq.pop(stream, None)
         self.rings.pop(stream, None)
+
+    def _forget(self, stream: str) -> None:
+        """The stream moved to another node: drop it here but keep its stored state (tracks in transit, open zone
+        visits) and checkpoint, which its new owner continues from."""
+        self.streams.pop(stream, None)
+        self.last_seq.pop(stream, None)
+        self.rings.pop(stream, None)
+        self.log.info("state_kept_for_hand_over", stream=stream, frame=self.last_frame.get(stream, (None,))[0])
 
     def _on_detections(self, msg: Detections) -> None:
         if msg.ring and self.rings.get(msg.stream) != msg.ring:

@@ -55,6 +55,8 @@ class ReloadPlan:
     owned: dict[str, int] | None = None  # fleet: the leases this plan was made for
     fleet_streams: tuple[str, ...] = ()  # fleet: every enabled stream of the file (shared by the nodes)
     import_failed: dict[str, str] = field(default_factory=dict)  # streams whose hand-over failed: not started
+    handed_over: tuple[str, ...] = ()  # fleet: streams stopped because another node now holds them
+
 
     @property
     def empty(self) -> bool:
@@ -113,9 +115,12 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
             start_frames = {n: store.resume_frame(n, source_key(active[n])) for n in resumed_files}
         finally:
             store.close()
+    shared = fleet_streams(loaded.config)
+    # still in the file, no longer held here: the node that holds it now continues from its state
+    handed_over = tuple(n for n in change.removed if owned is not None and n in shared and n not in owned)
     return ReloadPlan(config=new, change=change, resolved=resolved, still_failing=still_failing, stop=stop,
                       start=start, import_failed=import_failed, start_frames=start_frames, files=loaded.files, owned=owned,
-                      fleet_streams=tuple(fleet_streams(loaded.config)))
+                      fleet_streams=tuple(shared), handed_over=handed_over)
 
 
 class StageControl(Protocol):
@@ -125,7 +130,7 @@ class StageControl(Protocol):
     def inference_stages(self) -> dict[str, str]: ...  # model key -> stage name
     def stage_state(self, name: str) -> tuple[str, bool, str | None]: ...  # (state, ready, last error)
     def retire(self, name: str) -> None: ...
-    def stop_stream(self, name: str) -> None: ...
+    def stop_stream(self, name: str, handed_over: bool = False) -> None: ...
     def start_stream(self, name: str, start_frame: int) -> None: ...  # creates the ring (the decoder comes later)
     def spawn_decoder(self, name: str) -> None: ...
     def refresh_shared(self) -> list[str]: ...  # reconfigure analytics + inference; returns their stage names
@@ -273,7 +278,7 @@ class ReloadController:
         self._new_stages = {}  # the committed pipelines need them
         self._notify("reloading")
         for name in plan.stop:
-            self.stages.stop_stream(name)
+            self.stages.stop_stream(name, handed_over=name in plan.handed_over)
         state.config = plan.config
         state.owned = plan.owned
         state.pipelines.update(state.staged)

@@ -115,17 +115,18 @@ class Stages:
         log.info("stream_added", stream=name, url=redact(entry.config.url), pipeline=entry.config.pipeline,
                  kind=entry.config.kind, realtime=entry.config.is_realtime)
 
-    def stop_stream(self, name: str) -> None:
-        """Stop one stream's decoder, tell the shared stages to forget its ring, free its shared memory."""
+    def stop_stream(self, name: str, handed_over: bool = False) -> None:
+        """Stop one stream's decoder, tell the shared stages to forget its ring, free its shared memory.
+        ``handed_over``: another fleet node takes the stream on; its stored analytics state stays for that node."""
         self.supervisor.retire(stage_name("decoder", name))
         entry = self.state.streams.get(name)
         if entry is not None:
             pipeline = self.state.pipelines.get(entry.config.pipeline)
             if pipeline is not None:
                 self._send(self.specs.endpoints.inference(pipeline.model_key),
-                           encoder.encode(StreamRemoved(stream=name, ring=entry.ring)))
+                           encoder.encode(StreamRemoved(stream=name, ring=entry.ring, handed_over=handed_over)))
         self.state.streams.stop(name)
-        log.info("stream_removed", stream=name)
+        log.info("stream_removed", stream=name, handed_over=handed_over)
 
     def _send(self, endpoint: str, payload: bytes) -> None:
         """Best effort: a lost StreamRemoved only keeps a mapping of an unlinked ring until the stage restarts."""

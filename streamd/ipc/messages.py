@@ -148,10 +148,12 @@ class CountUpdate(msgspec.Struct, frozen=True, tag="count_update"):
 
 class StreamRemoved(msgspec.Struct, frozen=True, tag="removed"):
     """supervisor -> inference -> analytics -> sinks: a reload removed or restarted the stream; forget the state
-    that belongs to ``ring`` (a newer ring of the same stream is left alone)."""
+    that belongs to ``ring`` (a newer ring of the same stream is left alone). ``handed_over``: the stream moves to
+    another fleet node, which continues from its stored tracker state: analytics keeps that state stored."""
 
     stream: str
     ring: str
+    handed_over: bool = False
 
 
 class Reconfigure(msgspec.Struct, frozen=True, tag="reconfigure"):
