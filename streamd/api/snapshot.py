@@ -66,6 +66,7 @@ def build(config: DaemonConfig, counters: dict[str, dict[str, Any]], fps: dict[s
             "state": "failed" if stream.name in failed else c.get("state", "starting"),
             "fps": fps.get(stream.name, 0.0),
             "frames_decoded": c.get("frames_decoded", 0), "frames_analysed": c.get("frames_analysed", 0),
+            "frames_skipped": c.get("frames_skipped", 0), "detect_fps": stream.detect_fps,
             "dropped": {"stale": c.get("dropped_stale", 0), "overwritten": c.get("dropped_overwritten", 0)},
             "reconnects": c.get("reconnects", 0),
             "last_error": _redacted(failed.get(stream.name) or c.get("last_error")),

@@ -136,6 +136,12 @@ class StreamConfig(Strict):
         description="Real-time files only: play at this multiple of the file's frame rate (replay recorded "
         "footage faster, or load-test: frames the pipeline cannot keep up with are dropped and counted).",
     )
+    detect_fps: float | None = Field(
+        None, gt=0, le=240,
+        description="Analyse at most this many frames a second of the stream's time (evenly spaced by timestamp; "
+        "the others are decoded, skipped and counted as frames_skipped). Tracking and counting are time-based, so "
+        "counts stay exact at a few frames a second while inference costs a fraction. Default: every frame.",
+    )
     ring_slots: int = Field(8, ge=3, le=256, description="Frames held in the stream's shared-memory ring.")
     # The ring reserves ring_slots x max_width x max_height x 3 bytes of /dev/shm from the start (8 x 1080p = 50 MB);
     # a 4K camera sets 3840 x 2160, and a larger frame fails its stream with an error that says so.

@@ -89,7 +89,7 @@ class StatusBuilder:
             c = counters.get(stream, {})
             log.info("run_summary", stream=stream, state="failed" if stream in failed else c.get("state"),
                      frames_decoded=c.get("frames_decoded", 0), frames_analysed=c.get("frames_analysed", 0),
-                     dropped_stale=c.get("dropped_stale", 0), dropped_overwritten=c.get("dropped_overwritten", 0),
+                     frames_skipped=c.get("frames_skipped", 0), dropped_stale=c.get("dropped_stale", 0), dropped_overwritten=c.get("dropped_overwritten", 0),
                      crossings=c.get("crossings", 0), events_written=c.get("events_written", 0),
                      latency_p50_ms=c.get("latency_p50_ms"), latency_p99_ms=c.get("latency_p99_ms"),
                      stage_p99_ms=c.get("stage_p99_ms"), error=failed.get(stream),

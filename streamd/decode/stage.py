@@ -11,6 +11,7 @@ import av
 import zmq
 
 from streamd.config.models import StreamConfig
+from streamd.decode.sampling import FrameSampler
 from streamd.decode.sources import DecodedFrame, DecodeStats, decode_frames, expected_frames, open_source, truncated
 from streamd.errors import SourceError
 from streamd.evidence.segments import SegmentRecorder
@@ -47,6 +48,8 @@ class DecoderStage(Stage):
         self.frames_out = sockets.push(self.ctx, params.inference_endpoint, hwm=self.ring.n_slots * 4)
         self.state = SourceState.CONNECTING
         self.frames_decoded = 0
+        self.frames_skipped = 0  # above detect_fps: decoded, never written to the ring
+        self.sampler = FrameSampler(self.stream.detect_fps) if self.stream.detect_fps else None
         self.reconnects = 0
         self.last_error: str | None = None
         self.warning: str | None = None  # the source is damaged (truncated file, corrupt packets), decoding goes on
@@ -63,6 +66,7 @@ class DecoderStage(Stage):
         return {
             self.stream.name: StreamCounters(
                 state=self.state.value, frames_decoded=self.frames_decoded,
+                frames_skipped=self.frames_skipped if self.sampler is not None else None,
                 reconnects=self.reconnects, last_error=self.last_error,
                 frames_expected=self.frames_expected,
                 corrupt_packets=self._damage.corrupt_packets + self._pass.corrupt_packets,
@@ -198,6 +202,15 @@ class DecoderStage(Stage):
                 skip -= 1
                 continue
             pts = pts_offset + decoded.pts_s
+            if self.sampler is not None and not self.sampler.keep(pts):
+                # before pacing and conversion: a skipped frame costs its decode only (pixels convert lazily);
+                # its index is used up, so frame numbers (resume points, event ids) stay the source's
+                self.frames_decoded += 1
+                self.frames_skipped += 1
+                frame_index += 1
+                last_pts = pts
+                self.beat()
+                continue
             if pace_files:
                 if start_wall is None:
                     start_wall, start_pts = time.monotonic(), pts

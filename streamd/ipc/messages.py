@@ -201,6 +201,7 @@ class StreamCounters(msgspec.Struct, omit_defaults=True):
 
     state: str | None = None
     frames_decoded: int | None = None
+    frames_skipped: int | None = None  # decoded but not analysed: above the stream's detect_fps
     reconnects: int | None = None
     last_error: str | None = None
     # decoder, damaged sources (the stream keeps running): frames the file's container announced, packets the

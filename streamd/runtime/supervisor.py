@@ -32,7 +32,7 @@ log = structlog.get_logger()
 SpecFactory = Callable[[], StageSpec]
 RECONFIGURE_EVERY_S = 1.0  # resend a Reconfigure this often until the stage reports the expected hash
 # StreamCounters fields that only grow while a stage lives: kept cumulative across its restarts
-_CUMULATIVE = ("frames_decoded", "reconnects", "frames_inferred", "dropped_stale", "dropped_overwritten",
+_CUMULATIVE = ("frames_decoded", "frames_skipped", "reconnects", "frames_inferred", "dropped_stale", "dropped_overwritten",
                "frames_analysed", "crossings", "events_written")
 _CUMULATIVE_HISTOGRAMS = ("latency_hist",)
 
