@@ -240,3 +240,59 @@ def test_a_held_stream_is_not_taken_until_released() -> None:
     b.unhold("a")
     assert [(i.stream, i.seq) for i in b.take(0.03)] == [("a", 3)]  # the newest; 2 dropped
     assert b.dropped["a"] == 1
+
+
+def simulate_overload(streams: int, max_batch: int, image_s: float, seconds: float = 60.0,
+                      fps: float = 15.0) -> tuple[dict[str, int], list[float]]:
+    """Real-time cameras offering more frames than one inference worker can take (each image costs ``image_s``,
+    a batch costs the sum): frames analysed per stream and each analysed frame's lag (arrival to result)."""
+    import heapq
+    import random
+
+    rng = random.Random(1)
+    arrivals = []  # (time, stream, seq)
+    for i in range(streams):
+        phase = rng.uniform(0, 1 / fps)
+        arrivals += [(phase + k / fps, f"cam{i}", k + 1) for k in range(int(seconds * fps))]
+    heapq.heapify(arrivals)
+    b = Batcher(max_batch=max_batch, max_wait_s=WAIT)
+    arrived: dict[tuple[str, int], float] = {}
+    analysed: dict[str, int] = {f"cam{i}": 0 for i in range(streams)}
+    lags: list[float] = []
+    now, busy_until = 0.0, 0.0
+    while arrivals:
+        now = arrivals[0][0] if now < arrivals[0][0] else now
+        while arrivals and arrivals[0][0] <= now:
+            t, stream, seq = heapq.heappop(arrivals)
+            arrived[(stream, seq)] = t
+            b.offer(stream, seq, True, now=t)
+        due = b.seconds_until_due(now)
+        if now >= busy_until and due is not None and due <= 0:
+            batch = b.take(now)
+            busy_until = now + image_s * len(batch)
+            for item in batch:
+                analysed[item.stream] += 1
+                lags.append(busy_until - arrived[(item.stream, item.seq)])
+            now = busy_until
+        else:
+            nxt = [x for x in (arrivals[0][0] if arrivals else None, now + due if due else None,
+                               busy_until if busy_until > now else None) if x is not None]
+            now = min(nxt) if nxt else now + 1e-3
+    return analysed, lags
+
+
+@pytest.mark.parametrize(("streams", "max_batch"), [(6, 1), (12, 1), (12, 4)])
+def test_overload_sheds_evenly_across_streams_and_lag_stays_bounded(streams: int, max_batch: int) -> None:
+    """Fair load shedding: 6 or 12 cameras at 15 fps against a worker that analyses 50 images a second. Every
+    stream's analysed rate falls by the same share, and lag stays at about one batch plus one frame interval
+    instead of growing with a queue."""
+    image_s = 0.02
+    analysed, lags = simulate_overload(streams, max_batch, image_s)
+    counts = list(analysed.values())
+    mean = sum(counts) / len(counts)
+    assert sum(counts) == pytest.approx(60 / image_s, rel=0.05)  # the worker never idles while frames wait
+    assert max(counts) - min(counts) <= max(2, 0.05 * mean), analysed
+    bound = image_s * max_batch * 2 + image_s * streams / max_batch + 1 / 15
+    early, late = lags[: len(lags) // 4], lags[-len(lags) // 4:]
+    assert max(lags) <= bound, (max(lags), bound)
+    assert sum(late) / len(late) <= 1.1 * sum(early) / len(early) + 1e-3  # no queue building up
