@@ -285,10 +285,23 @@ class PipelineConfig(Strict):
     class_agnostic_nms: bool = False
     max_detections: int = Field(300, ge=1, le=10000)
     classes: list[str] | None = Field(None, description="Keep only these class names (default: all).")
+    roi: tuple[Point, Point] | None = Field(
+        None, description="Region of interest: [[x1, y1], [x2, y2]] in source pixels. Only this rectangle is given "
+        "to the model, at the model's full input size (a belt in a strip of the frame: small products come out "
+        "larger, less is resized); boxes, lines and zones stay in source pixels. Clipped to the frame.")
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     lines: list[LineConfig] = Field(default_factory=list)
     zones: list[ZoneConfig] = Field(default_factory=list)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Snapshots per event and their retention.")
+
+    @model_validator(mode="after")
+    def _roi_is_a_rectangle(self) -> PipelineConfig:
+        if self.roi is not None:
+            (x1, y1), (x2, y2) = self.roi
+            if not (x2 - x1 >= 2 and y2 - y1 >= 2 and x2 > 0 and y2 > 0):
+                raise ValueError(f"roi {[list(p) for p in self.roi]}: give the top-left corner first and the "
+                                 f"bottom-right one second, at least 2 pixels apart on each axis")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> PipelineConfig:

@@ -10,6 +10,7 @@ from streamd.control.pipelines import ResolvedPipeline
 from streamd.control.streams import StreamRegistry
 from streamd.ipc.sockets import Endpoints
 from streamd.evidence.paths import evidence_dir
+from streamd.infer.preprocess import roi_pixels
 from streamd.runtime.params import AnalyticsParams, DecoderParams, InferenceParams, SinksParams, StreamEvidence
 from streamd.runtime.params import HealthParams, HealthStream
 from streamd.runtime.stage import StageSpec
@@ -80,7 +81,8 @@ class StageSpecs:
         return self._spec("inference", key, InferenceParams(
             model_key=key, model=cfg.model, adapter=cfg.adapter, input_size=cfg.input_size, labels=cfg.labels,
             preprocess=cfg.preprocess.model_dump(exclude_none=True) or None, inference=self.state.config.inference,
-            postprocess={n: p.postprocess for n, p in pipelines.items()}))
+            postprocess={n: p.postprocess for n, p in pipelines.items()},
+            rois={n: roi_pixels(p.config.roi) for n, p in pipelines.items() if p.config.roi is not None}))
 
     def decoder(self, stream: str) -> StageSpec:
         entry = self.state.streams.get(stream)

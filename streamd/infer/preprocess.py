@@ -17,6 +17,7 @@ into a float32 buffer (``PreprocessSpec.pixel_dtype``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, get_args
 
@@ -127,6 +128,56 @@ def letterbox_into(image: np.ndarray, dst: np.ndarray, spec: PreprocessSpec) -> 
     return Transform(new_w / src_w, new_h / src_h, float(left), float(top))
 
 
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in source pixels, x2 and y2 exclusive
+
+
+def roi_pixels(roi: tuple[tuple[float, float], tuple[float, float]]) -> Box:
+    """A pipeline's ``roi`` as whole pixels on even coordinates (4:2:0 chroma is cropped with it): grown, never
+    shrunk, to the even pixel grid."""
+    (x1, y1), (x2, y2) = roi
+    return (max(0, math.floor(x1) // 2 * 2), max(0, math.floor(y1) // 2 * 2),
+            max(2, -(-math.ceil(x2) // 2) * 2), max(2, -(-math.ceil(y2) // 2) * 2))
+
+
+def clip_box(box: Box | None, width: int, height: int) -> Box | None:
+    """``box`` within a ``width`` x ``height`` frame; None for the whole frame (no box, or one covering it, or
+    one entirely outside it: better the whole frame than nothing)."""
+    if box is None:
+        return None
+    x1, y1 = min(box[0], width), min(box[1], height)
+    x2, y2 = min(box[2], width), min(box[3], height)
+    if x2 - x1 < 2 or y2 - y1 < 2 or (x1, y1, x2, y2) == (0, 0, width, height):
+        return None
+    return x1, y1, x2, y2
+
+
+def crop_i420(yuv: np.ndarray, width: int, height: int, box: Box) -> np.ndarray:
+    """The ``box`` (even coordinates) of an I420 frame (``height * 3 / 2`` x ``width``) as an I420 frame."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    flat = yuv.reshape(-1)
+    plane = width * height
+    out = np.empty(w * h * 3 // 2, np.uint8)
+    out[: w * h].reshape(h, w)[...] = flat[:plane].reshape(height, width)[y1:y2, x1:x2]
+    quarter = plane // 4
+    for i in range(2):  # U, then V: half the resolution on both axes
+        src = flat[plane + i * quarter: plane + (i + 1) * quarter].reshape(height // 2, width // 2)
+        out[w * h + i * (w * h // 4): w * h + (i + 1) * (w * h // 4)].reshape(h // 2, w // 2)[...] = \
+            src[y1 // 2: y2 // 2, x1 // 2: x2 // 2]
+    return out.reshape(h * 3 // 2, w)
+
+
+def crop_into(image: np.ndarray, box: Box | None, dst: np.ndarray, spec: PreprocessSpec) -> Transform:
+    """:func:`letterbox_into` of the ``box`` of ``image`` (the whole frame when None), its transform still
+    from source pixels."""
+    clipped = clip_box(box, image.shape[1], image.shape[0])
+    if clipped is None:
+        return letterbox_into(image, dst, spec)
+    x1, y1, x2, y2 = clipped
+    t = letterbox_into(image[y1:y2, x1:x2], dst, spec)
+    return Transform(t.scale_x, t.scale_y, t.pad_x - x1 * t.scale_x, t.pad_y - y1 * t.scale_y)
+
+
 def prepares_in_decoder(spec: PreprocessSpec) -> bool:
     """True when the decoder can make this model's input (8-bit pixels; ``linear_float`` stays in inference)."""
     return spec.pixel_dtype == np.uint8
@@ -148,8 +199,14 @@ def letterbox_i420_into(request: ModelInputRequest, yuv: np.ndarray, width: int,
                         dst: np.ndarray) -> tuple[float, float, float, float]:
     """The decoder's half of "decode into what the model needs": one I420 frame (``height * 3 / 2`` x ``width``)
     converted to the model's channel order and letterboxed into ``dst`` (the ring slot's model area, uint8
-    ``request.height x request.width x 3``). Pixel for pixel what :func:`letterbox_into` makes of
-    :meth:`FrameRing.read`'s BGR frame (the same OpenCV conversion, the same resize). Returns the transform."""
+    ``request.height x request.width x 3``). Pixel for pixel what :func:`crop_into` makes of
+    :meth:`FrameRing.read`'s BGR frame (the same OpenCV conversion, the same resize). Returns the transform.
+    A request with a crop converts only that part of the frame."""
+    box = clip_box(request.crop, width, height)
+    if box is not None:
+        sx, sy, px, py = letterbox_i420_into(replace(request, crop=None), crop_i420(yuv, width, height, box),
+                                             box[2] - box[0], box[3] - box[1], dst)
+        return sx, sy, px - box[0] * sx, py - box[1] * sy
     spec = spec_of_request(request)
     full = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420 if request.rgb else cv2.COLOR_YUV2BGR_I420)
     left, top, new_w, new_h = letterbox_geometry(width, height, request.width, request.height, spec)

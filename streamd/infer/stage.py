@@ -11,7 +11,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from streamd.errors import RingError
 from streamd.infer.batcher import BatchItem, Batcher, choose_batch
 from streamd.infer.model import image_ms, load_model, runner_plan
 from streamd.infer.postprocess import PostprocessParams, finish
-from streamd.infer.preprocess import (Transform, letterbox_into, model_input_request, prepares_in_decoder,
+from streamd.infer.preprocess import (Transform, crop_into, model_input_request, prepares_in_decoder,
                                       to_tensor)
 from streamd.ipc import sockets
 from streamd.ipc.messages import (Detections, FrameReady, Reconfigure, StreamCounters, StreamEnd, StreamRemoved, encoder,
@@ -228,7 +228,8 @@ class InferenceStage(Stage):
             return None
         state = _StreamState(ring=ring, pipeline=pipeline or "")
         if self._request is not None and ring.model_input_fits(self._request.width, self._request.height):
-            state.model_gen = ring.request_model_input(self._request)
+            crop = self.inference_params.rois.get(state.pipeline)
+            state.model_gen = ring.request_model_input(replace(self._request, crop=crop))
         self.streams[name] = state
         return state
 
@@ -254,7 +255,7 @@ class InferenceStage(Stage):
                     state.overwritten += 1
                     continue
                 meta, pixels = found
-                transform = letterbox_into(pixels, self._pixels[0], spec)
+                transform = crop_into(pixels, self.inference_params.rois.get(state.pipeline), self._pixels[0], spec)
                 to_tensor(self._pixels, spec, tensor[i : i + 1])
             if not state.ring.still_valid(item.seq):  # overwritten while we copied it
                 state.overwritten += 1

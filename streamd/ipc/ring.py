@@ -47,7 +47,7 @@ SHM_HINT = ("enlarge /dev/shm (Docker: `docker run --shm-size=1g` or compose `sh
             "max_width or max_height")
 PREFIX = "streamd-"
 _MAGIC = 0x53545244  # "STRD"
-_VERSION = 2
+_VERSION = 3
 _ALIGN = 64
 PIXELS_BGR = 0
 PIXELS_I420 = 1
@@ -60,6 +60,7 @@ _RING_HEADER = np.dtype(
         # model-input request of the consumer (see request_model_input); req_gen 0: none
         ("req_gen", "<u4"), ("req_width", "<u4"), ("req_height", "<u4"), ("req_letterbox", "<u4"),
         ("req_top_left", "<u4"), ("req_pad_value", "<u4"), ("req_rgb", "<u4"), ("req_area", "<u4"),
+        ("req_crop_x1", "<u4"), ("req_crop_y1", "<u4"), ("req_crop_x2", "<u4"), ("req_crop_y2", "<u4"),  # x2 0: none
     ],
     align=True,
 )
@@ -105,6 +106,7 @@ class ModelInputRequest:
     pad_value: int = 114
     rgb: bool = True
     area: bool = False
+    crop: tuple[int, int, int, int] | None = None  # only this box of the frame (x1, y1, x2, y2; even), its pipeline's roi
     gen: int = 0  # set by the ring: which request a slot's model pixels answer
 
 
@@ -338,6 +340,7 @@ class FrameRing:
         h["req_width"], h["req_height"], h["req_letterbox"] = request.width, request.height, int(request.letterbox)
         h["req_top_left"], h["req_pad_value"] = int(request.top_left), request.pad_value
         h["req_rgb"], h["req_area"] = int(request.rgb), int(request.area)
+        h["req_crop_x1"], h["req_crop_y1"], h["req_crop_x2"], h["req_crop_y2"] = request.crop or (0, 0, 0, 0)
         h["req_gen"] = gen
         return gen
 
@@ -353,7 +356,9 @@ class FrameRing:
         request = ModelInputRequest(
             width=int(h["req_width"]), height=int(h["req_height"]), letterbox=bool(h["req_letterbox"]),
             top_left=bool(h["req_top_left"]), pad_value=int(h["req_pad_value"]), rgb=bool(h["req_rgb"]),
-            area=bool(h["req_area"]), gen=gen)
+            area=bool(h["req_area"]), gen=gen,
+            crop=(int(h["req_crop_x1"]), int(h["req_crop_y1"]), int(h["req_crop_x2"]), int(h["req_crop_y2"]))
+            if int(h["req_crop_x2"]) else None)
         if int(h["req_gen"]) != gen or request.width <= 0 or request.height <= 0:
             return None  # changed while read: the next frame reads it again
         self._request = request

@@ -38,6 +38,7 @@ class InferenceParams:
     preprocess: dict[str, Any] | None  # PreprocessOverrides that are set
     inference: InferenceConfig
     postprocess: dict[str, PostprocessParams] = field(default_factory=dict)  # pipeline name -> thresholds, classes
+    rois: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # pipeline name -> x1, y1, x2, y2
 
 
 @dataclass(frozen=True)
