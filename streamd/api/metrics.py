@@ -111,7 +111,7 @@ class DaemonCollector(Collector):
             fps.add_metric([name], s["fps"])
             add_count(frames, [name, "decoded"], s["frames_decoded"], mono)
             add_count(frames, [name, "analysed"], s["frames_analysed"], mono)
-            add_count(frames, [name, "skipped"], s["frames_skipped"], mono)
+            add_count(frames, [name, "skipped"], s.get("frames_skipped", 0), mono)
             for cause, n in s["dropped"].items():
                 add_count(dropped, [name, cause], n, mono)
             add_count(reconnects, [name], s["reconnects"], mono)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ import pytest
 from streamd.analytics.store import CrossingRow
 from streamd.config.fleet import FleetConfig
 from streamd.fleet.assign import assign, moved
-from tests.pg_helpers import pg_server, pg_url  # noqa: F401 - fixtures
+from tests.pg_helpers import Proxy, pg_server, pg_url  # noqa: F401 - fixtures
 
 # ---- assignment (pure) ------------------------------------------------------------------------------------
 
@@ -99,78 +98,6 @@ def test_fleet_config() -> None:
 FAILOVER_S = 3.0
 HEARTBEAT_S = 0.5
 STREAMS = [f"cam-{i}" for i in range(6)]
-
-
-class Proxy:
-    """A TCP proxy in front of PostgreSQL; ``close()`` cuts every connection and refuses new ones (the database
-    looks down from behind it), ``open()`` lets connections through again."""
-
-    def __init__(self, upstream_port: int):
-        self.upstream = upstream_port
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self._listener: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self.open()
-
-    def url(self, dbname: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
-
-    def open(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def close(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, None
-            conns, self._conns = self._conns, []
-        if listener is not None:
-            listener.close()
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.upstream))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if self._listener is not listener:
-                    client.close()
-                    server.close()
-                    return
-                self._conns += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class Runner:
