@@ -56,6 +56,7 @@ class ReloadPlan:
     fleet_streams: tuple[str, ...] = ()  # fleet: every enabled stream of the file (shared by the nodes)
     import_failed: dict[str, str] = field(default_factory=dict)  # streams whose hand-over failed: not started
     handed_over: tuple[str, ...] = ()  # fleet: streams stopped because another node now holds them
+    regained: tuple[str, ...] = ()  # fleet: held again after another node held them: stopped now, started next
 
 
     @property
@@ -74,6 +75,13 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
     """Phase 1 (any thread; reads nothing the watch loop changes). Raises ConfigError or ModelError.
     ``owned``: in a fleet, the streams this node holds (the others are disabled here)."""
     loaded = load_config(path)
+    # held here before and again now, but another node held it in between (an epoch skipped: every acquisition
+    # takes the next one): what runs here is behind the fleet. This reload stops it, the next one (asked for at
+    # once) starts it again from the fleet's checkpoint and state, as for any stream taken over.
+    regained = tuple(sorted(n for n, epoch in (owned or {}).items()
+                            if n in (running_owned or {}) and epoch > (running_owned or {})[n] + 1))
+    if regained and owned is not None:
+        owned = {n: e for n, e in owned.items() if n not in regained}
     effective = owned_view(loaded.config, owned)
     change = diff_configs(running, effective)
     new = effective.model_copy(update={k: getattr(running, k) for k in change.needs_restart})
@@ -120,7 +128,7 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
     handed_over = tuple(n for n in change.removed if owned is not None and n in shared and n not in owned)
     return ReloadPlan(config=new, change=change, resolved=resolved, still_failing=still_failing, stop=stop,
                       start=start, import_failed=import_failed, start_frames=start_frames, files=loaded.files, owned=owned,
-                      fleet_streams=tuple(shared), handed_over=handed_over)
+                      fleet_streams=tuple(shared), handed_over=handed_over, regained=regained)
 
 
 class StageControl(Protocol):
@@ -297,6 +305,10 @@ class ReloadController:
             state.streams.not_started[name] = error
         if plan.import_failed:
             self._retry_at = time.monotonic() + FLEET_RETRY_S
+        if plan.regained:
+            log.info("streams_regained", streams=list(plan.regained),
+                     action="restarting them from the fleet's checkpoint: another node ran them meanwhile")
+            self._retry_at = time.monotonic()
         for name in plan.start:
             self.stages.start_stream(name, plan.start_frames.get(name, 0))
         self._waiting = self.stages.refresh_shared()

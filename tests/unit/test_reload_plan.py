@@ -42,3 +42,29 @@ def test_outside_a_fleet_nothing_is_handed_over(tmp_path: Path) -> None:
     fleet_config(tmp_path, ["a"])
     plan = prepare(path, running, usable={"p"}, streams_running={"a", "b"}, streams_finished=set())
     assert plan.stop == ["b"] and plan.handed_over == ()
+
+
+def test_a_stream_held_again_after_another_node_held_it_is_stopped_then_taken_over_anew(tmp_path: Path) -> None:
+    """Epoch 1 here, 2 on another node (this one was cut off), 3 here again: what runs here is behind the
+    fleet. One reload stops it (its state kept for the import); the next starts it from the fleet's checkpoint."""
+    path = fleet_config(tmp_path, ["a", "b"])
+    held = {"a": 1, "b": 1}
+    running = owned_view(load_config(path).config, held)
+    imported: list[str] = []
+    plan = prepare(path, running, usable={"p"}, streams_running=set(held), streams_finished=set(),
+                   owned={"a": 1, "b": 3}, import_stream=imported.append, running_owned=held)
+    assert plan.regained == ("b",) and plan.stop == ["b"] and plan.start == [] and plan.handed_over == ("b",)
+    assert plan.owned == {"a": 1} and imported == []
+    after = plan.config
+    again = prepare(path, after, usable={"p"}, streams_running={"a"}, streams_finished=set(),
+                    owned={"a": 1, "b": 3}, import_stream=imported.append, running_owned=plan.owned)
+    assert again.start == ["b"] and imported == ["b"] and again.regained == ()
+
+
+def test_a_lease_renewed_with_the_next_epoch_keeps_the_stream_running(tmp_path: Path) -> None:
+    """Epoch 1, then 2, both here (the lease expired in an outage and nobody else took it): nothing restarts."""
+    path = fleet_config(tmp_path, ["a"])
+    running = owned_view(load_config(path).config, {"a": 1})
+    plan = prepare(path, running, usable={"p"}, streams_running={"a"}, streams_finished=set(),
+                   owned={"a": 2}, import_stream=lambda s: None, running_owned={"a": 1})
+    assert plan.regained == () and plan.stop == [] and plan.start == [] and plan.owned == {"a": 2}
