@@ -208,44 +208,38 @@ def test_counts_stay_exact_at_reduced_analysis_rates(detect_fps: float, scenes_a
         assert counts == truth.counts, f"scene {seed} analysed at {detect_fps} frames/s"
 
 
-def test_a_daemon_with_detect_fps_analyses_a_third_of_a_15fps_file_and_counts_exactly(
+def test_a_daemon_analysing_a_third_of_the_frames_and_only_the_belt_counts_exactly_in_source_pixels(
         tmp_path: Path, daemon_factory) -> None:
+    """detect_fps 5 of a 15 fps file, and a roi: only the belt (a band of the frame, off-centre so that a box not
+    mapped back would be far off) goes to the model. One daemon for both (CI time): every frame is decoded, a
+    third analysed, the line (in source pixels) counts exactly and the boxes lie on the scene's objects."""
     import dataclasses
+
+    import yaml
 
     video = tmp_path / "seed3-15fps.mp4"
     truth = render_video(dataclasses.replace(DEMO_SCENES[3], fps=15), video)
-    daemon = daemon_factory(config_for(tmp_path, video, realtime=False, detect_fps=5))
+    path = config_for(tmp_path, video, realtime=False, detect_fps=5, roi=[[100, 40], [560, 320]])
+    config = yaml.safe_load(path.read_text())
+    config["sinks"][0]["include_tracks"] = True
+    path.write_text(yaml.safe_dump(config))
+    daemon = daemon_factory(path)
     assert daemon.wait(180) == 0, daemon.log_path.read_text()[-3000:]
     summary = daemon.find("run_summary", stream="belt")[-1]
     decoded, skipped, analysed = summary["frames_decoded"], summary["frames_skipped"], summary["frames_analysed"]
     print(f"detect_fps 5 of a 15 fps file: {analysed} of {decoded} frames analysed, {skipped} skipped")
     assert decoded == len(truth.frames)
     assert analysed + skipped == decoded and analysed == pytest.approx(decoded / 3, abs=1)
-    assert line_counts(read_events(tmp_path / "events.jsonl")) == truth.counts
-
-
-def test_a_roi_on_the_belt_counts_exactly_in_source_pixels(scenes, tmp_path: Path, daemon_factory) -> None:
-    """Only the belt (a band of the frame, off-centre so that a box not mapped back would miss the line) goes to
-    the model; crossings of the line, drawn in source pixels, are counted exactly."""
-    import yaml
-
-    video, truth = scenes[3]
-    path = config_for(tmp_path, video, realtime=False, roi=[[100, 40], [560, 320]])
-    config = yaml.safe_load(path.read_text())
-    config["sinks"][0]["include_tracks"] = True
-    path.write_text(yaml.safe_dump(config))
-    daemon = daemon_factory(path)
-    assert daemon.wait(180) == 0, daemon.log_path.read_text()[-3000:]
     events = read_events(tmp_path / "events.jsonl")
     assert line_counts(events) == truth.counts
     # tracked boxes lie on the scene's objects, in source pixels (a box left in the crop's pixels would be 100 px
-    # or more off); the tracker's smoothed boxes lag a little at the roi's edges
+    # or more off); the tracker's smoothed boxes lag a little where the roi cuts objects
     distances = []
     for record in (e for e in events if e["type"] == "tracks"):
         objects = np.array([[(b[2] + b[4]) / 2, (b[3] + b[5]) / 2] for b in truth.frames[record["frame"]]])
         for track in record["tracks"]:
             x1, y1, x2, y2 = track[4]  # array-like Track: id, class id, class name, confidence, xyxy
             distances.append(np.hypot(*(objects - [(x1 + x2) / 2, (y1 + y2) / 2]).T).min())
-    assert len(distances) > 100
-    within = np.mean(np.asarray(distances) < 5)
-    assert np.median(distances) < 3 and within > 0.8, (np.percentile(distances, [50, 95, 100]), within)
+    assert len(distances) > 50
+    within = np.mean(np.asarray(distances) < 6)
+    assert np.median(distances) < 3 and within > 0.75, (np.percentile(distances, [50, 95, 100]), within)
