@@ -23,8 +23,11 @@ MAX_CONSECUTIVE_BAD_PACKETS = 200
 TRUNCATION_TOLERANCE = 0.02
 TRUNCATION_MIN_FRAMES = 2
 
-# Low-latency demuxing for live sources: no input buffering, no B-frame reordering delay.
-_LIVE_OPTIONS = {"fflags": "nobuffer", "flags": "low_delay"}
+# Low-latency demuxing for live sources: no B-frame reordering delay. RTSP keeps FFmpeg's probe buffer (with
+# "fflags nobuffer" the packets read while probing, ~2 s of frames, were thrown away at every connect: objects
+# passing then went uncounted) and probes for at most 0.5 s (opened in 0.6 s instead of 1.9 s, every frame kept).
+_RTSP_OPTIONS = {"flags": "low_delay", "analyzeduration": "500000"}
+_V4L2_OPTIONS = {"fflags": "nobuffer", "flags": "low_delay"}
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,11 @@ def open_source(stream: StreamConfig) -> av.container.InputContainer:
     fmt: str | None = None
     url = stream.url
     if kind == "rtsp":
-        options = {"rtsp_transport": "tcp", **_LIVE_OPTIONS}
+        options = {"rtsp_transport": "tcp", **_RTSP_OPTIONS}
     elif kind == "v4l2":
         fmt = "v4l2"
         url = url.removeprefix("v4l2://")
-        options = dict(_LIVE_OPTIONS)
+        options = dict(_V4L2_OPTIONS)
     options.update(stream.options)
     try:
         container = av.open(
