@@ -1,8 +1,9 @@
 """python -m tools.bench_pipeline: streamd beside what users would otherwise run, one model, same videos, one run.
 
-  python -m tools.bench_pipeline                       # S1, S2 (1 2 4 8 streams), S3 and the limits (~15 min)
-  python -m tools.bench_pipeline --smoke               # everything on tiny inputs (about a minute)
+  python -m tools.bench_pipeline                       # S1, S2 (1 2 4 8 streams), S3, S4 and the limits (~20 min)
+  python -m tools.bench_pipeline --smoke               # everything on tiny inputs (about two minutes)
   python -m tools.bench_pipeline --scenarios s2 --systems streamd plain --streams 1 4 --repeats 3
+  python -m tools.bench_pipeline --scenarios s4 --systems streamd plain --s4-streams 1 2 4
 
 Systems: streamd (`streamd run CONFIG`, results from its zmq sink), ultralytics
 (`YOLO(model).track(..., stream=True)`, a `.streams` file for live sources; needs the training
@@ -11,11 +12,16 @@ loop), and the limits (decode only; ONNX Runtime alone at its best batch size).
 
 Scenarios: s1 one live RTSP camera, 720p 30 fps: latency p50/p99 and drops. s2 1..N live cameras at
 15 fps: fps, drops, latency, CPU, peak memory, most streams held (p99 < 50 ms, drops < 1 %). s3 files,
-every frame, as fast as possible: fps against the limits. Live cameras are a real RTSP server on
+every frame, as fast as possible: fps against the limits. s4 counting at scale: N cameras at 15 fps,
+each a different held-out conveyor scene played once from its start; a system holds N when it counts
+every product on every stream exactly (per class, against the scene's truth) with lag p99 <= 100 ms,
+each analysing every 3rd frame its own way (--s4-stride); the sweep over --s4-streams stops at a
+system's first failure and its score is the largest N held. Live cameras are a real RTSP server on
 127.0.0.1 (GStreamer, system python) playing conveyor scenes that the model detects.
 
-Writes OUT/results.json (every run, medians, goals, machine and load average), results.md, runs.csv
-and bench_s2_scale.png. Every figure comes from this run; timings vary between runs and machines.
+Writes OUT/results.json (every run, medians, goals, machine and load average), results.md, runs.csv,
+bench_s2_scale.png and bench_s4_counting.png. Every figure comes from this run; timings vary between
+runs and machines.
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ from tqdm import tqdm
 
 from tools.bench_pipeline import limits as limits_mod
 from tools.bench_pipeline import report
-from tools.bench_pipeline.media import ClipSpec, clip, frame_count
-from tools.bench_pipeline.measure import live_stats, load_average, machine_info, throughput_stats
+from tools.bench_pipeline.media import S4_SEEDS, ClipSpec, clip, frame_count, s4_scene
+from tools.bench_pipeline.measure import counting_stats, live_stats, load_average, machine_info, throughput_stats
 from tools.bench_pipeline.systems import (
-    REPO, SYSTEMS, Job, RtspServer, rtsp_available, run_job, scratch_dir, train_python,
+    REPO, SYSTEMS, Counting, Job, RtspServer, rtsp_available, run_job, scratch_dir, train_python,
 )
 
-SCENARIOS = ("s1", "s2", "s3", "limits")
+SCENARIOS = ("s1", "s2", "s3", "s4", "limits")
+S4_FPS = 15
 DEFAULT_MODEL = REPO / "streamd" / "models" / "conveyor.onnx"
 
 
@@ -67,6 +74,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--s2-fps", type=int, default=15)
     parser.add_argument("--s3-files", type=int, default=2, help="S3: files processed together")
     parser.add_argument("--s3-seconds", type=float, default=20.0, help="S3: length of each file (30 fps)")
+    parser.add_argument("--s4-streams", type=int, nargs="+", default=[2, 4, 8, 12],
+                        help="S4 stream counts, tried in increasing order; a system stops at its first failure")
+    parser.add_argument("--s4-seconds", type=float, default=20.0, help="S4: length of each stream's scene")
+    parser.add_argument("--s4-lead-in", type=float, default=4.0,
+                        help="S4: no product crosses the line in a scene's first and last this many seconds (a "
+                             "system may lose the first frames of a connection while it probes the stream)")
+    parser.add_argument("--s4-warmup", type=float, default=3.0,
+                        help="S4: lag is measured from this long after every stream's first published frame")
+    parser.add_argument("--s4-stride", type=int, default=3,
+                        help="S4: every system analyses every Nth frame (streamd detect_fps = 15 / N, plain "
+                             "--stride N, ultralytics vid_stride=N)")
+    parser.add_argument("--s4-seeds", type=int, nargs="+", default=list(S4_SEEDS),
+                        help="S4 scene seeds, one per stream in this order (default: held-out seeds 1-3, 146-155; "
+                             "more streams than seeds continue from 156)")
     parser.add_argument("--streamd-max-batch", type=int, default=0,
                         help="streamd inference.max_batch (default 0: the number of streams, at most 8)")
     parser.add_argument("--streamd-threads", type=int, default=0,
@@ -84,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.streams, args.duration, args.warmup, args.repeats = [1], 2.0, 1.0, 1
         args.s1_size, args.s2_size, args.s3_files, args.s3_seconds = [320, 180], [320, 180], 1, 2.0
         args.ort_batches, args.ort_runs = [1, 2], 3
+        args.s4_streams, args.s4_seconds, args.s4_lead_in, args.s4_warmup = [1], 10.0, 3.0, 1.0
     if args.out is None:
         args.out = REPO / "out" / "bench-pipeline" / time.strftime("%Y%m%d-%H%M%S")
     args.out, args.cache = args.out.resolve(), args.cache.resolve()  # systems run with other working directories
@@ -169,6 +191,90 @@ def run_one(args: argparse.Namespace, scenario: str, system: str, model: Path, s
     return row
 
 
+def s4_seeds(args: argparse.Namespace, n: int) -> list[int]:
+    seeds = list(dict.fromkeys(args.s4_seeds))
+    extra = (s for s in range(156, 100_000) if s not in seeds)
+    while len(seeds) < n:
+        seeds.append(next(extra))
+    return seeds[:n]
+
+
+def judge_counts(counted: list[dict[str, int]] | None, truths: list[dict[str, int]],
+                 seeds: list[int]) -> list[dict[str, Any]]:
+    """Per stream: the scene's truth, what the system counted, exact when every class matches (zeros included)."""
+    counted = counted or []
+    out = []
+    for i, (seed, truth) in enumerate(zip(seeds, truths)):
+        got = {k: int(v) for k, v in (counted[i] if i < len(counted) else {}).items() if v}
+        want = {k: int(v) for k, v in truth.items() if v}
+        out.append({"stream": f"cam{i}", "seed": seed, "truth": truth, "counted": got, "exact": got == want,
+                    "missed": sum(max(0, want.get(k, 0) - got.get(k, 0)) for k in want),
+                    "extra": sum(max(0, got.get(k, 0) - want.get(k, 0)) for k in got)})
+    return out
+
+
+def run_counting(args: argparse.Namespace, system: str, model: Path, n: int, train: str | None) -> dict[str, Any]:
+    """One S4 run: n cameras, each a different scene played once from its start; counts judged per stream."""
+    seeds = s4_seeds(args, n)
+    scenes = [s4_scene(seed, args.s4_seconds, args.cache, S4_FPS, args.s4_lead_in) for seed in seeds]
+    truths = [truth for _, truth in scenes]
+    counting = Counting(scene_s=args.s4_seconds, fps=S4_FPS, stride=args.s4_stride)
+    work = scratch_dir(args.out / "work", f"s4-{system}-{n}")
+    row: dict[str, Any] = {"scenario": "s4", "system": system, "streams": n, "repeat": 0, "model": model.name,
+                           "seeds": seeds}
+    try:
+        with RtspServer([path for path, _ in scenes], once=True) as server:
+            job = Job(system, server.urls, model, args.imgsz, True, args.s4_warmup, args.s4_seconds, work,
+                      timeout_s=args.s4_seconds + 180, max_batch=args.streamd_max_batch or max(1, min(n, 8)),
+                      intra_op_threads=args.streamd_threads, spin=args.streamd_spin, train_python=train,
+                      counting=counting)
+            outcome = run_job(job, 640, 360)
+    except Exception as exc:  # one failed run is reported, the sweep goes on
+        row.update({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:],
+                    "per_stream": judge_counts(None, truths, seeds), "exact_streams": 0, "exact": False,
+                    "holds": False})
+        return row
+    run = outcome.run
+    stats = counting_stats(run, args.s4_warmup, args.s4_seconds)
+    window = stats.pop("window_ns")
+    stage_pids = run.extra.pop("stage_pids", None)
+    if stage_pids:  # streamd: CPU of each stage process over the lag window, as in run_one
+        by_stage: dict[str, float] = {}
+        for pid, pct in outcome.monitor.cpu_pct_by_pid(*window).items():
+            name = stage_pids.get(pid, "other")
+            name = "decode" if name.startswith("decode-") else "infer" if name.startswith("infer-") else name
+            by_stage[name] = round(by_stage.get(name, 0.0) + pct, 1)
+        run.extra["stage_cpu_pct"] = by_stage
+    per_stream = judge_counts(run.extra.get("counts"), truths, seeds)
+    # frames a stream never got from its connection (lost while probing, or not read before the run ended);
+    # ultralytics reports the frames it retrieved (every vid_stride-th), the others every frame decoded
+    scene_frames = round(args.s4_seconds * S4_FPS)
+    per_frame = args.s4_stride if system == "ultralytics" else 1
+    for p, decoded in zip(per_stream, list(run.decoded) + [0] * (n - len(run.decoded))):
+        p["frames_decoded"] = int(decoded) * per_frame
+        p["missed_s"] = round(max(0, scene_frames - int(decoded) * per_frame) / S4_FPS, 2)
+    exact_streams = sum(p["exact"] for p in per_stream)
+    row.update(stats)
+    row.update({
+        "per_stream": per_stream, "exact_streams": exact_streams, "exact": exact_streams == n,
+        "missed_s_max": max((p["missed_s"] for p in per_stream), default=None),
+        "counted_total": sum(sum(p["counted"].values()) for p in per_stream),
+        "truth_total": sum(sum(p["truth"].values()) for p in per_stream),
+        "cpu_pct": outcome.monitor.cpu_pct(*window), "peak_rss_mb": outcome.monitor.peak_rss_mb(),
+        "wall_s": round(outcome.wall_s, 1), "frames_decoded": run.decoded, "error": run.error,
+        "extra": {k: v for k, v in run.extra.items() if k not in ("counts", "stage_pids")},
+    })
+    if not run.records and not row["error"]:
+        row["error"] = "no frames processed"
+    lag = row.get("lag_p99_ms")
+    row["holds"] = bool(row["exact"] and not row["error"] and lag is not None and lag <= report.S4_LAG_P99_MS)
+    if row["error"] or not row["holds"]:
+        row["log_tail"] = outcome.log_tail
+    if not row["error"]:
+        shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -185,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped["ultralytics"] = ("no interpreter with ultralytics and lap (pip install -e '.[train]' into "
                                   ".venv-train, or set STREAMD_TRAIN_PYTHON)")
         systems.remove("ultralytics")
-    live_scenarios = [s for s in args.scenarios if s in ("s1", "s2")]
+    live_scenarios = [s for s in args.scenarios if s in ("s1", "s2", "s4")]
     if live_scenarios:
         why = rtsp_available()
         if why:
@@ -201,6 +307,22 @@ def main(argv: list[str] | None = None) -> int:
         "streamd_max_batch": args.streamd_max_batch or "streams (at most 8)", "streamd_threads": args.streamd_threads,
         "streamd_spin": args.streamd_spin,
     }
+    if "s4" in args.scenarios:
+        meta["s4"] = {
+            "streams": sorted(set(args.s4_streams)), "scene_s": args.s4_seconds, "fps": S4_FPS,
+            "size": "640x360", "warmup_s": args.s4_warmup, "lead_in_s": args.s4_lead_in, "stride": args.s4_stride,
+            "seeds": s4_seeds(args, max(args.s4_streams)), "lag_p99_ms_max": report.S4_LAG_P99_MS,
+            "settings": {
+                "streamd": f"detect_fps: {S4_FPS / args.s4_stride:g} per stream; pipeline conveyor.onnx, "
+                           "confidence 0.35, tracker {lost_track_s: 0.5}, line exit [[320, 360], [320, 0]] anchor "
+                           "center; counts from its line_crossing events (jsonl sink)",
+                "plain": f"--stride {args.s4_stride} (cap.read() every frame, one in {args.s4_stride} analysed), "
+                         "confidence 0.35, trackers.ByteTrackTracker defaults, LineCounter: a track counts once "
+                         "when its box centre crosses x = 320 left to right",
+                "ultralytics": f"track(.streams, stream=True, vid_stride={args.s4_stride}, conf=0.35, "
+                               "tracker=bytetrack.yaml), counting by hand from track ids (same rule as plain)",
+            },
+        }
     s1_spec = ClipSpec(*args.s1_size, args.s1_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)
     s2_spec = ClipSpec(*args.s2_size, args.s2_fps, live_seconds(args), unit_seconds=4.0 if args.smoke else 8.0)
     s3_spec = ClipSpec(*args.s2_size, 30, args.s3_seconds, unit_seconds=min(8.0, args.s3_seconds))
@@ -224,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             plan += [("s2", n, repeat, s, args.model) for n in sorted(set(args.streams)) for s in systems]
         if "s3" in args.scenarios:
             plan += [("s3", args.s3_files, repeat, s, args.model) for s in systems]
-    progress = tqdm(total=len(plan) + ("limits" in args.scenarios), desc="bench", unit="run")
+    s4_ns = sorted(set(args.s4_streams)) if "s4" in args.scenarios else []
+    progress = tqdm(total=len(plan) + ("limits" in args.scenarios) + len(s4_ns) * len(systems), desc="bench",
+                    unit="run")
     if "limits" in args.scenarios and s3_file is not None:
         progress.set_postfix_str("limits")
         limits["decode"] = [limits_mod.decode_fps(s3_file)]
@@ -259,6 +383,19 @@ def main(argv: list[str] | None = None) -> int:
         progress.update(1)
         if row.get("error"):
             tqdm.write(f"{scenario} {system} x{n}: {row['error']}", file=sys.stderr)
+    sweeping = list(systems)  # S4: each system until its first failure
+    for n in s4_ns:
+        for system in list(sweeping):
+            progress.set_postfix_str(f"s4 {system} x{n}")
+            row = run_counting(args, system, args.model, n, train)
+            runs.append(row)
+            progress.update(1)
+            if not row["holds"]:
+                sweeping.remove(system)
+                progress.total -= len([m for m in s4_ns if m > n])
+                why = row.get("error") or (f"{row['exact_streams']}/{n} streams exact, lag p99 "
+                                           f"{row.get('lag_p99_ms')} ms")
+                tqdm.write(f"s4 {system} x{n}: does not hold ({why}); its sweep stops", file=sys.stderr)
     progress.close()
     meta["load_end"] = load_average()
     meta["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -68,14 +68,17 @@ def latency_stats(latencies_ms: np.ndarray) -> dict[str, float | None]:
             "latency_max_ms": round(float(latencies_ms.max()), 2)}
 
 
-def lag_stats(rec: np.ndarray) -> dict[str, float | None]:
-    """Camera-to-published lag of window records [n, 4] (see the module docstring)."""
+def lag_stats(rec: np.ndarray, reference: np.ndarray | None = None) -> dict[str, float | None]:
+    """Camera-to-published lag of window records [n, 5] (see the module docstring). ``t0`` of each stream comes
+    from ``reference`` (default: the window itself), e.g. all of a stream's records, a tighter lower bound."""
     lags = []
+    reference = rec if reference is None else reference
     for stream in np.unique(rec[:, 0]):
         r = rec[(rec[:, 0] == stream) & (rec[:, 3] >= 0)]
+        ref = reference[(reference[:, 0] == stream) & (reference[:, 3] >= 0)]
         if r.shape[0]:
             sent = r[:, 3] * 1000
-            t0 = int((r[:, 1] - sent).min())
+            t0 = int((ref[:, 1] - ref[:, 3] * 1000).min()) if ref.shape[0] else int((r[:, 1] - sent).min())
             lags.append((r[:, 2] - (t0 + sent)) / 1e6)
     if not lags:
         return {"lag_p50_ms": None, "lag_p99_ms": None}
@@ -227,3 +230,29 @@ def machine_info() -> dict[str, Any]:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def counting_stats(run: RunRecords, warmup_s: float, scene_s: float) -> dict[str, Any]:
+    """S4: lag (lag_stats) of the frames decoded from ``warmup_s`` after the last stream's first published frame
+    to the end (every stream running: a start-up backlog still draining then counts), each stream's ``t0``
+    from all its frames (a stream that never caught up gets no credit for it); and the frames each stream
+    analysed over its whole scene."""
+    rec = run.array()
+    per_stream = [rec[rec[:, 0] == i] for i in range(run.streams)]
+    analysed = [int(r.shape[0]) for r in per_stream]
+    out: dict[str, Any] = {
+        "frames_processed": int(rec.shape[0]), "frames_analysed_per_stream": analysed,
+        "analysed_fps_min": round(min(analysed) / scene_s, 2) if analysed and scene_s else None,
+        "tracks_per_frame": round(float(rec[:, 4].mean()), 2) if rec.shape[0] else None,
+    }
+    if any(a == 0 for a in analysed) or not analysed:
+        return {**out, **latency_stats(np.empty(0)), "lag_p50_ms": None, "lag_p99_ms": None, "window_ns": [0, 0],
+                "lag_frames": 0}
+    t0 = max(int(r[:, 2].min()) for r in per_stream) + int(warmup_s * 1e9)
+    t1 = int(rec[:, 2].max())
+    window = rec[rec[:, 1] >= t0]
+    out.update(latency_stats((window[:, 2] - window[:, 1]) / 1e6) if window.shape[0] else latency_stats(np.empty(0)))
+    out.update(lag_stats(window, rec) if window.shape[0] else {"lag_p50_ms": None, "lag_p99_ms": None})
+    out["lag_frames"] = int(window.shape[0])
+    out["window_ns"] = [t0, max(t1, t0 + 1)]
+    return out

@@ -7,11 +7,17 @@ the YOLOv8/11 output with ``cv2.dnn.NMSBoxes``, ``ByteTrackTracker.update`` (the
 supervision >= 0.26 no longer ships ``sv.ByteTrack``) and ``json.dumps`` of the tracks. Nothing
 here is tuned beyond what such tutorials do; that is the point of the comparison. Writes
 measure.RunRecords as JSON to --out.
+
+``--stride 3`` analyses every 3rd frame of each source (the others are read and skipped, as tutorials
+do with a frame counter). ``--line-x 320`` counts products as tutorials do: a track counts once when
+its box centre crosses the vertical line x = 320 from left to right (LineCounter below); the counts
+per source and class go into the result's ``extra["counts"]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import signal
 import time
@@ -55,6 +61,47 @@ def decode(output: np.ndarray, r: float, pad: tuple[int, int], conf: float, iou:
                          class_id=class_id[idx].astype(int))
 
 
+class LineCounter:
+    """Counts each track once when its box centre crosses x = ``line_x`` from left to right.
+
+    Remembers every track's last centre; a track whose centre was left of the line and now is on or right
+    of it counts for the class it has at that frame. Tracks without an id (negative) are ignored.
+    """
+
+    def __init__(self, line_x: float, names: dict[int, str]):
+        self.line_x = float(line_x)
+        self.names = names
+        self.last_x: dict[int, float] = {}
+        self.counted: set[int] = set()
+        self.counts: dict[str, int] = {}
+
+    def update(self, track_ids: np.ndarray, class_ids: np.ndarray, xyxy: np.ndarray) -> list[int]:
+        """Feed one analysed frame's tracks; returns the ids counted in it."""
+        crossed = []
+        for tid, cid, box in zip(track_ids, class_ids, xyxy):
+            tid = int(tid)
+            if tid < 0:
+                continue
+            cx = (float(box[0]) + float(box[2])) / 2
+            prev = self.last_x.get(tid)
+            self.last_x[tid] = cx
+            if prev is not None and prev < self.line_x <= cx and tid not in self.counted:
+                self.counted.add(tid)
+                name = self.names.get(int(cid), str(int(cid)))
+                self.counts[name] = self.counts.get(name, 0) + 1
+                crossed.append(tid)
+        return crossed
+
+
+def class_names(session: ort.InferenceSession) -> dict[int, str]:
+    """Class names an ultralytics export stores in the ONNX metadata (``{0: 'box', ...}``); ids otherwise."""
+    names = session.get_modelmeta().custom_metadata_map.get("names")
+    try:
+        return {int(k): str(v) for k, v in ast.literal_eval(names).items()} if names else {}
+    except (ValueError, SyntaxError, AttributeError):
+        return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench_pipeline.plain_loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.0)
     parser.add_argument("--duration", type=float, default=0.0)
     parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--stride", type=int, default=1, help="analyse every Nth frame of each source")
+    parser.add_argument("--line-x", type=float, help="count left-to-right crossings of the vertical line x = this")
+    parser.add_argument("--max-seconds", type=float, default=0.0,
+                        help="stop this long after the first frame (instead of --warmup + --duration; "
+                             "0: when the sources end)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -85,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             run.save(args.out)
             return 1
     tracker_list = [ByteTrackTracker() for _ in args.source]
+    names = class_names(session)
+    counters = [LineCounter(args.line_x, names) for _ in args.source] if args.line_x is not None else []
     open_caps = set(range(len(caps)))
     deadline = None
     sink = open("/dev/null", "w")
@@ -97,14 +151,19 @@ def main(argv: list[str] | None = None) -> int:
                     open_caps.discard(i)
                     continue
                 run.decoded[i] += 1
+                if (run.decoded[i] - 1) % args.stride:  # every Nth frame of each source, from its first
+                    continue
                 pts_us = int(caps[i].get(cv2.CAP_PROP_POS_MSEC) * 1000)
                 if not run.started_ns:
                     run.started_ns = t_decoded
-                    deadline = t_decoded + int((args.warmup + args.duration + 0.5) * 1e9) if args.live else None
+                    seconds = args.max_seconds or (args.warmup + args.duration + 0.5 if args.live else 0)
+                    deadline = t_decoded + int(seconds * 1e9) if seconds else None
                 blob, r, pad = letterbox(frame, args.imgsz)
                 output = session.run(None, {input_name: blob})[0]
                 detections = decode(output, r, pad, args.conf, 0.45)
                 tracks = tracker_list[i].update(detections)
+                if counters and tracks.tracker_id is not None and tracks.class_id is not None:
+                    counters[i].update(tracks.tracker_id, tracks.class_id, tracks.xyxy)
                 sink.write(json.dumps({"stream": i, "tracks": [
                     {"id": int(t), "class_id": int(c), "xyxy": [round(float(v), 1) for v in box]}
                     for t, c, box in zip(tracks.tracker_id, tracks.class_id, tracks.xyxy)]}) + "\n")
@@ -115,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         for cap in caps:
             cap.release()
         sink.close()
+        if counters:
+            run.extra["counts"] = [c.counts for c in counters]
+        run.extra["stride"] = args.stride
         run.save(args.out)
     return 0
 

@@ -10,12 +10,15 @@ from typing import Any
 
 RUN_FIELDS = ["scenario", "system", "streams", "repeat", "model", "fps_processed", "drop_pct", "latency_p50_ms",
               "latency_p99_ms", "latency_max_ms", "lag_p50_ms", "lag_p99_ms", "tracks_per_frame", "cpu_pct",
-              "peak_rss_mb", "frames_processed", "frames_expected", "frames_in_files", "seconds", "wall_s", "error"]
+              "peak_rss_mb", "frames_processed", "frames_expected", "frames_in_files", "seconds", "wall_s",
+              "exact_streams", "holds", "error"]
 METRICS = ["fps_processed", "drop_pct", "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "lag_p50_ms",
            "lag_p99_ms", "tracks_per_frame", "cpu_pct",
            "peak_rss_mb", "frames_processed", "seconds"]
 HOLD_P99_MS = 50.0
 HOLD_DROP_PCT = 1.0
+S4_LAG_P99_MS = 100.0  # S4: a system holds N streams when it counts all exactly with lag p99 at most this
+S4_GOAL_X = 2.0  # S4 goal: streamd's score at least this many times the best alternative's
 
 
 def _median(values: list[Any]) -> float | None:
@@ -50,6 +53,7 @@ def _ceil(x: float) -> int:
 def summarise(runs: list[dict[str, Any]], limits: dict[str, Any], systems: list[str]) -> dict[str, Any]:
     agg = aggregate(runs)
     summary: dict[str, Any] = {"s1": {}, "s1_extra": {}, "s2": {}, "s3": {}}
+    summary.update(summarise_s4(runs))
     for (scenario, system, streams), row in sorted(agg.items()):
         if scenario == "s1":
             summary["s1"][system] = row
@@ -95,13 +99,32 @@ def summarise(runs: list[dict[str, Any]], limits: dict[str, Any], systems: list[
     return summary
 
 
+S4_FIELDS = ["streams", "exact_streams", "exact", "holds", "counted_total", "truth_total", "missed_s_max",
+             "lag_p50_ms", "lag_p99_ms",
+             "latency_p99_ms", "analysed_fps_min", "frames_analysed_per_stream", "lag_frames", "cpu_pct",
+             "peak_rss_mb", "tracks_per_frame", "per_stream", "seeds", "error"]
+
+
+def summarise_s4(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """S4 rows per system and stream count (one run each), the score (largest N held) and whether the sweep
+    found the limit (a system that held every N tried has a score that is only a lower bound)."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        if run["scenario"] == "s4":
+            rows.setdefault(run["system"], {})[str(run["streams"])] = {k: run.get(k) for k in S4_FIELDS}
+    tested = sorted({int(n) for by_n in rows.values() for n in by_n})
+    score = {s: max([int(n) for n, r in by_n.items() if r["holds"]], default=0) for s, by_n in rows.items()}
+    limit_found = {s: any(not r["holds"] for r in by_n.values()) for s, by_n in rows.items()}
+    return {"s4": rows, "s4_score": score, "s4_limit_found": limit_found, "s4_streams_tested": tested}
+
+
 def stage_cpu(runs: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """streamd's CPU per stage (decode, infer, analytics, sinks, supervisor), median over repeats, per scenario."""
     by_key: dict[str, list[dict[str, float]]] = {}
     for run in runs:
         split = (run.get("extra") or {}).get("stage_cpu_pct")
         if run["system"] == "streamd" and split and not run.get("error"):
-            key = run["scenario"] if run["scenario"] != "s2" else f"s2 x{run['streams']}"
+            key = run["scenario"] if run["scenario"] not in ("s2", "s4") else f"{run['scenario']} x{run['streams']}"
             by_key.setdefault(key, []).append(split)
     return {key: {stage: _median([s.get(stage) for s in splits]) for stage in sorted({k for s in splits for k in s})}
             for key, splits in by_key.items()}
@@ -143,6 +166,15 @@ def goals(summary: dict[str, Any], systems: list[str]) -> dict[str, Any]:
             "lag_p99_ms": s1.get("lag_p99_ms"), "plain_lag_p99_ms": plain_lag, "lag_p50_ms": p50, "floor_ms": floor,
             "met": (s1.get("lag_p99_ms") is not None and plain_lag is not None and s1["lag_p99_ms"] <= plain_lag
                     and (floor is None or (p50 is not None and p50 <= 1.15 * floor)))}
+    score = summary.get("s4_score") or {}
+    if "streamd" in score:
+        others = {s: n for s, n in score.items() if s != "streamd"}
+        best = max(others.values(), default=0)
+        need = max(1, _ceil(S4_GOAL_X * best))
+        out["s4_2x_best_alternative"] = {
+            "streamd": score["streamd"], "best_alternative": best, "alternatives": others, "needed": need,
+            "streamd_limit_found": summary["s4_limit_found"].get("streamd"),
+            "alternatives_compared": bool(others), "met": bool(others) and score["streamd"] >= need}
     s2 = summary["s2"]
     if "4" in s2.get("streamd", {}) and "4" in s2.get("plain", {}):
         mine, theirs = s2["streamd"]["4"].get("cpu_ms_per_frame"), s2["plain"]["4"].get("cpu_ms_per_frame")
@@ -158,6 +190,10 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
     return str(v)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "nothing"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -219,6 +255,44 @@ def markdown(result: dict[str, Any]) -> str:
                                r["peak_rss_mb"], r["tracks_per_frame"], "; ".join(r["errors"]) or ""]
                               for s, r in summary["s3"].items()]),
                   ""]
+    if summary.get("s4"):
+        s4 = meta.get("s4") or {}
+        rows = []
+        for system, by_n in summary["s4"].items():
+            for n, r in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+                rows.append([system, n, f"{r['exact_streams']}/{n}",
+                             f"{_fmt(r['counted_total'])}/{_fmt(r['truth_total'])}",
+                             r["missed_s_max"], r["lag_p50_ms"], r["lag_p99_ms"], r["analysed_fps_min"], r["cpu_pct"],
+                             r["peak_rss_mb"],
+                             "yes" if r["holds"] else "no", r["error"] or ""])
+        score = ", ".join(f"{s} {n}" + ("" if summary["s4_limit_found"].get(s) else " (held every N tried)")
+                          for s, n in summary["s4_score"].items())
+        parts += [f"## S4 counting at scale: N live cameras, {s4.get('size', '640x360')} at {s4.get('fps', 15)} fps, "
+                  f"a different {_fmt(s4.get('scene_s'))} s scene each", "",
+                  _table(["system", "streams", "streams exact", "counted/expected", "start missed s (max)",
+                          "lag p50 ms", "lag p99 ms",
+                          "analysed fps/stream (min)", "CPU %", "peak RSS MB",
+                          f"holds (all exact, lag p99 ≤ {S4_LAG_P99_MS:g} ms)", "errors"], rows), "",
+                  f"Score (most streams held; a system's sweep stops at its first failure): {score}.", ""]
+        misses = []
+        for system, by_n in summary["s4"].items():
+            for n, r in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+                for p in r.get("per_stream") or []:
+                    if not p["exact"]:
+                        misses.append(f"{system} x{n} {p['stream']} (seed {p['seed']}): counted "
+                                      f"{_counts(p['counted'])}, expected {_counts(p['truth'])}")
+        if misses:
+            parts += ["Streams not counted exactly: " + "; ".join(misses) + ".", ""]
+        settings = s4.get("settings") or {}
+        parts += [f"Every stream: one held-out scene (seeds {', '.join(map(str, s4.get('seeds', [])))}, in stream "
+                  "order), played once from its first frame to each client (a reconnect is refused), no product "
+                  f"crossing in its first and last {_fmt(s4.get('lead_in_s'))} s; counts are judged per stream and "
+                  "class against the scene's truth once it ended; lag from "
+                  f"{_fmt(s4.get('warmup_s'))} s after every stream's first published frame. \"start missed\": the "
+                  "scene's first seconds a system never decoded (FFmpeg with `fflags nobuffer` drops what it read "
+                  "while probing). Settings:", ""]
+        parts += [f"- {system}: {text}" for system, text in settings.items() if system in summary["s4"]]
+        parts += [""]
     if limits:
         parts += ["## Limits", ""]
         rows = [[f"decode only ({d['clip']}, {d['thread_type']} threads)", d["fps"]]
@@ -272,6 +346,14 @@ def markdown(result: dict[str, Any]) -> str:
         if x:
             rows.append(["S3 ≥ 90 % of the bound and ≥ 1.05× best alternative",
                          f"{_fmt(x['pct_of_bound'])} % of the bound, {_fmt(x['x_best_alternative'])}×", verdict(x)])
+        x = g.get("s4_2x_best_alternative")
+        if x:
+            alts = ", ".join(f"{s} {n}" for s, n in x["alternatives"].items()) or "none run"
+            rows.append([f"S4: streamd ≥ {S4_GOAL_X:g}× best alternative (streams counted exactly, lag p99 ≤ "
+                         f"{S4_LAG_P99_MS:g} ms)",
+                         f"streamd {x['streamd']}" + ("" if x["streamd_limit_found"] else " (held every N tried)")
+                         + f" vs {alts} (needs {x['needed']})",
+                         verdict(x) if x["alternatives_compared"] else "no alternative run"])
         x = g.get("cpu_per_frame_s2x4_le_0.6x_plain")
         if x:
             rows.append(["CPU per analysed frame at S2 × 4 ≤ 0.6× plain loop",
@@ -294,6 +376,7 @@ def plots(summary: dict[str, Any], out: Path, fps: float) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written = []
     if summary["s2"]:
@@ -315,6 +398,28 @@ def plots(summary: dict[str, Any], out: Path, fps: float) -> list[Path]:
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / "bench_s2_scale.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    if summary.get("s4"):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ns = summary["s4_streams_tested"]
+        for system, by_n in summary["s4"].items():
+            tried = sorted(int(n) for n in by_n)
+            ax1.plot(tried, [by_n[str(n)]["exact_streams"] for n in tried], "o-", label=system, alpha=0.8)
+            lag = [by_n[str(n)]["lag_p99_ms"] for n in tried]
+            ax2.plot(tried, [v if v is not None else float("nan") for v in lag], "o-", label=system)
+        ax1.plot(ns, ns, color="grey", ls="--", lw=1, label="every stream")
+        ax2.axhline(S4_LAG_P99_MS, color="grey", ls="--", lw=1, label=f"{S4_LAG_P99_MS:g} ms limit")
+        ax1.set(xlabel="live streams", ylabel="streams counted exactly", title="S4 exact counts vs streams", xticks=ns,
+                ylim=(0, max(ns, default=1) + 0.5))
+        ax1.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax2.set(xlabel="live streams", ylabel="lag p99 (ms)", yscale="log", title="S4 lag p99 vs streams", xticks=ns)
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / "bench_s4_counting.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)

@@ -40,19 +40,32 @@ def free_port() -> int:
 
 
 class RtspServer:
-    """tools/bench_pipeline/rtsp_file_server.py (system python with GStreamer) serving ``mounts`` cameras."""
+    """tools/bench_pipeline/rtsp_file_server.py (system python with GStreamer): ``/cam0`` .. ``/cam{N-1}``.
+
+    ``files``: one file per mount, or one file for ``mounts`` mounts. ``once``: each mount plays to its
+    first client only (a reconnect after the end is refused, so no client sees its scene twice)."""
 
     SCRIPT = Path(__file__).with_name("rtsp_file_server.py")
 
-    def __init__(self, file: Path, mounts: int, python: str = "/usr/bin/python3"):
+    def __init__(self, files: Path | list[Path], mounts: int = 0, python: str = "/usr/bin/python3",
+                 once: bool = False):
+        files = [files] if isinstance(files, Path) else list(files)
+        mounts = mounts or len(files)
         self.port = free_port()
-        self.proc = subprocess.Popen([python, str(self.SCRIPT), "--port", str(self.port), "--file", str(file),
-                                      "--mounts", str(mounts)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        cmd = [python, str(self.SCRIPT), "--port", str(self.port)]
+        for file in files:
+            cmd += ["--file", str(file)]
+        cmd += ["--mounts", str(mounts)] + (["--once"] if once else [])
+        # stderr to a file, never a pipe nobody reads: GStreamer's warnings (refused reconnects) would fill it
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if line.strip() != "READY":
-            err = self.proc.stderr.read() if self.proc.stderr else ""
             self.proc.kill()
+            self.proc.wait()
+            self._stderr.seek(0)
+            err = self._stderr.read().decode(errors="replace")
+            self._stderr.close()
             raise RuntimeError(f"RTSP server did not start ({python} {self.SCRIPT}): {line}{err[-1000:]}")
         self.urls = [f"rtsp://127.0.0.1:{self.port}/cam{i}" for i in range(mounts)]
 
@@ -64,6 +77,9 @@ class RtspServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._stderr.close()
 
     def __enter__(self) -> RtspServer:
         return self
@@ -109,6 +125,25 @@ class Job:
     spin: bool = False
     train_python: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    counting: Counting | None = None  # S4: count line crossings over whole scenes
+
+
+@dataclass(frozen=True)
+class Counting:
+    """S4's settings, the same for every system: each analyses every ``stride``-th frame its own way and counts
+    left-to-right crossings of x = ``line_x``; a run lasts until every stream's scene has ended."""
+
+    scene_s: float  # length of each stream's scene
+    fps: float  # the cameras' frame rate
+    stride: int = 3  # streamd detect_fps = fps / stride, plain --stride, ultralytics vid_stride
+    line_x: float = 320.0
+    confidence: float = 0.35
+    lost_track_s: float = 0.5  # streamd's tracker (the tested exact-count config)
+    grace_s: float = 30.0  # a system this far behind the end of the scene is stopped
+
+    @property
+    def detect_fps(self) -> float:
+        return self.fps / self.stride
 
 
 @dataclass
@@ -140,7 +175,12 @@ def run_runner(job: Job) -> Outcome:
     cmd = [python, "-m", module, "--model", str(job.model), "--imgsz", str(job.imgsz), "--out", str(out)]
     for s in job.sources:
         cmd += ["--source", s]
-    if job.live:
+    c = job.counting
+    if c is not None:  # until the sources end (the server refuses reconnects), at most the scene + grace
+        stride = "--vid-stride" if job.system == "ultralytics" else "--stride"
+        cmd += ["--live", "--max-seconds", str(c.scene_s + c.grace_s), "--conf", str(c.confidence), "--line-x",
+                str(c.line_x), stride, str(c.stride)]
+    elif job.live:
         cmd += ["--live", "--warmup", str(job.warmup_s), "--duration", str(job.duration_s)]
     log = job.workdir / f"{job.system}.log"
     started = time.monotonic()
@@ -203,6 +243,71 @@ class _ZmqCollector:
         self._ctx.term()
 
 
+def streamd_counting_config(job: Job, names: list[str], endpoint: str) -> dict[str, Any]:
+    """S4: the tested exact-count pipeline (tests/integration/test_exact_counts.py config_for) on every stream,
+    analysing ``detect_fps`` frames a second; crossings go to a JSONL file (durable: nothing is lost to a slow
+    subscriber), tracks to the zmq sink for the lag."""
+    c = job.counting
+    assert c is not None
+    return {
+        "streams": [{"name": n, "url": s, "pipeline": "conveyor", "detect_fps": c.detect_fps}
+                    for n, s in zip(names, job.sources)],
+        "pipelines": {"conveyor": {
+            "model": str(job.model.resolve()), "confidence": c.confidence,
+            "tracker": {"lost_track_s": c.lost_track_s},
+            "lines": [{"name": "exit", "points": [[c.line_x, 360], [c.line_x, 0]], "anchor": "center"}],
+        }},
+        "sinks": [{"type": "zmq", "endpoint": endpoint, "include_tracks": True},
+                  {"type": "jsonl", "path": str(job.workdir / "events.jsonl")}],
+        "inference": {"max_batch": job.max_batch, "max_wait_ms": 5, "intra_op_threads": job.intra_op_threads,
+                      "spin": job.spin},
+        "supervisor": {"stats_interval_s": 5},
+        "counts": {"path": str(job.workdir / "counts.db")},
+    }
+
+
+def crossing_counts(events_jsonl: Path, names: list[str]) -> tuple[list[dict[str, int]], int]:
+    """Per stream (in ``names`` order): crossings of the line in the counting direction, by class, each event id
+    once; and how many crossings went the other way."""
+    counts: list[dict[str, int]] = [{} for _ in names]
+    index = {n: i for i, n in enumerate(names)}
+    seen: set[str] = set()
+    backwards = 0
+    if not events_jsonl.exists():
+        return counts, 0
+    for line in events_jsonl.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("type") != "line_crossing" or event.get("id") in seen or event.get("stream") not in index:
+            continue
+        seen.add(event.get("id"))
+        if event.get("direction") != "in":
+            backwards += 1
+            continue
+        by_class = counts[index[event["stream"]]]
+        by_class[event["class_name"]] = by_class.get(event["class_name"], 0) + 1
+    return counts, backwards
+
+
+def _scenes_done(records: list[tuple[int, int, int, int, int]], streams: int, scene_s: float,
+                 idle_s: float = 3.0) -> bool:
+    """Every stream has ended: it published a frame from the last half second of its scene (pts counted from its
+    first published frame), or published nothing for ``idle_s`` (a connection that lost its first frames never
+    reaches the first criterion; the server refuses the reconnect after the end)."""
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    last_t: dict[int, int] = {}
+    for stream, _, t_done, pts_us, _ in list(records):
+        first.setdefault(stream, pts_us)
+        last[stream] = max(last.get(stream, pts_us), pts_us)
+        last_t[stream] = t_done
+    now = time.monotonic_ns()
+    return len(last) == streams and all(last[i] - first[i] >= (scene_s - 0.5) * 1e6
+                                        or now - last_t[i] > idle_s * 1e9 for i in last)
+
+
 def streamd_config(job: Job, names: list[str], endpoint: str, width: int, height: int) -> dict[str, Any]:
     return {
         "streams": [{"name": n, "url": s, "pipeline": "bench", "realtime": False if not job.live else None}
@@ -222,9 +327,12 @@ def streamd_config(job: Job, names: list[str], endpoint: str, width: int, height
 def run_streamd(job: Job, width: int, height: int) -> Outcome:
     names = [f"cam{i}" for i in range(len(job.sources))]
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    config = streamd_config(job, names, endpoint, width, height)
+    if job.counting is not None:
+        config = streamd_counting_config(job, names, endpoint)
+    else:
+        config = streamd_config(job, names, endpoint, width, height)
     for stream in config["streams"]:
-        if stream["realtime"] is None:
+        if "realtime" in stream and stream["realtime"] is None:
             del stream["realtime"]
     path = (job.workdir / "streamd.yaml").resolve()
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -242,7 +350,14 @@ def run_streamd(job: Job, width: int, height: int) -> Outcome:
                     deadline = time.monotonic() + 120
                     while not collector.records and time.monotonic() < deadline and proc.poll() is None:
                         time.sleep(0.05)
-                    if collector.records:
+                    c = job.counting
+                    if collector.records and c is not None:  # until every scene ended, or scene + grace
+                        end = time.monotonic() + c.scene_s + c.grace_s
+                        while (time.monotonic() < end and proc.poll() is None
+                               and not _scenes_done(collector.records, len(names), c.scene_s)):
+                            time.sleep(0.2)
+                        time.sleep(1.0)  # the events of the last frames reach the sinks
+                    elif collector.records:
                         first = collector.records[0][1]
                         end_ns = first + int((job.warmup_s + job.duration_s + 0.5) * 1e9)
                         while time.monotonic_ns() < end_ns and proc.poll() is None:
@@ -284,9 +399,13 @@ def run_streamd(job: Job, width: int, height: int) -> Outcome:
         "sinks_latency_p99_ms": max((s.get("latency_p99_ms") or 0 for s in summaries.values()), default=None),
         "stage_p99_ms": [s.get("stage_p99_ms") for s in summaries.values()],
         "mean_batch_size": [e.get("mean_batch_size") for e in events if e.get("event") == "inference_stats"][-1:],
+        "frames_skipped": sum(int(s.get("frames_skipped") or 0) for s in summaries.values()),
         "exit_code": proc.returncode,
         "stage_pids": stage_pids,  # for the per-stage CPU split, computed over the measured window by the caller
     }
+    if job.counting is not None:
+        run.extra["counts"], run.extra["crossings_backwards"] = crossing_counts(job.workdir / "events.jsonl", names)
+        run.extra["detect_fps"] = job.counting.detect_fps
     if proc.returncode not in (0, -signal.SIGTERM) and run.error is None:
         run.error = f"streamd exited {proc.returncode}"
     return Outcome(run, monitor, wall, log.read_text(errors="replace")[-3000:])

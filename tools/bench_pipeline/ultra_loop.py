@@ -10,6 +10,12 @@ every frame. Nothing is changed in ultralytics; to time a frame from decoded to 
 ``cv2.VideoCapture`` class it opens sources with is replaced by a subclass that notes when each
 frame array came out of ``read``/``retrieve``; the result's ``orig_img`` is that same array.
 Writes measure.RunRecords as JSON to --out.
+
+``--vid-stride 3`` is ultralytics' own frame skipping (``vid_stride``: LoadStreams grabs every frame
+and retrieves every 3rd). ``--line-x 320`` counts from the track ids as a user would by hand: a track
+counts once when its box centre crosses the vertical line x = 320 from left to right (the rule of
+plain_loop.LineCounter, written out here because this runs in the training interpreter); the counts
+per source and class go into ``extra["counts"]``.
 """
 
 from __future__ import annotations
@@ -69,6 +75,28 @@ def install_timed_capture(run: RunRecords) -> None:
     cv2.VideoCapture = TimedCapture
 
 
+class HandCounter:
+    """One source's line: each track id counts once when its box centre goes from x < line to x >= line."""
+
+    def __init__(self, line_x: float, names: dict[int, str]):
+        self.line_x, self.names = float(line_x), names
+        self.last_x: dict[int, float] = {}
+        self.counted: set[int] = set()
+        self.counts: dict[str, int] = {}
+
+    def update(self, ids: list[int], classes: list[float], boxes: list[list[float]]) -> None:
+        for tid, cid, box in zip(ids, classes, boxes):
+            if tid < 0:
+                continue
+            cx = (box[0] + box[2]) / 2
+            prev = self.last_x.get(tid)
+            self.last_x[tid] = cx
+            if prev is not None and prev < self.line_x <= cx and tid not in self.counted:
+                self.counted.add(tid)
+                name = self.names.get(int(cid), str(int(cid)))
+                self.counts[name] = self.counts.get(name, 0) + 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench_pipeline.ultra_loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.0)
     parser.add_argument("--duration", type=float, default=0.0)
     parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--vid-stride", type=int, default=1, help="ultralytics vid_stride: analyse every Nth frame")
+    parser.add_argument("--line-x", type=float, help="count left-to-right crossings of the vertical line x = this")
+    parser.add_argument("--max-seconds", type=float, default=0.0,
+                        help="stop this long after the first frame (instead of --warmup + --duration; "
+                             "0: when the sources end)")
     parser.add_argument("--config-dir", type=Path, default=REPO / "out" / "bench-pipeline" / "yolo-config")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -92,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = YOLO(args.model, task="detect")
     kwargs = {"imgsz": args.imgsz, "conf": args.conf, "device": "cpu", "verbose": False, "stream": True,
-              "tracker": "bytetrack.yaml", "persist": False}
+              "tracker": "bytetrack.yaml", "persist": False, "vid_stride": args.vid_stride}
+    names = {int(k): str(v) for k, v in model.names.items()}
+    counters = [HandCounter(args.line_x, names) for _ in args.source] if args.line_x is not None else []
     if args.live:
         streams = args.out.with_suffix(".streams")
         streams.write_text("\n".join(args.source) + "\n")
@@ -114,15 +149,18 @@ def main(argv: list[str] | None = None) -> int:
                 stream, t_decoded, pts_us = stamp
                 boxes = result.boxes
                 ids = boxes.id.int().tolist() if boxes.id is not None else [-1] * len(boxes)
+                if counters:
+                    counters[stream].update(ids, boxes.cls.tolist(), boxes.xyxy.tolist())
                 sink.write(json.dumps({"stream": stream, "tracks": [
                     {"id": i, "class_id": int(c), "xyxy": [round(v, 1) for v in b]}
                     for i, c, b in zip(ids, boxes.cls.tolist(), boxes.xyxy.tolist())]}) + "\n")
                 run.records.append((stream, t_decoded, time.monotonic_ns(), pts_us, len(ids)))
                 if not run.started_ns:
                     run.started_ns = t_decoded
-                if args.live and deadline is None:
-                    deadline = run.started_ns + int((args.warmup + args.duration + 0.5) * 1e9)
-                if stop.is_set() or (deadline is not None and time.monotonic_ns() > deadline):
+                if deadline is None:
+                    seconds = args.max_seconds or (args.warmup + args.duration + 0.5 if args.live else 0)
+                    deadline = run.started_ns + int(seconds * 1e9) if seconds else 0
+                if stop.is_set() or (deadline and time.monotonic_ns() > deadline):
                     break
             if hasattr(results, "close"):
                 results.close()
@@ -133,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sink.close()
         run.extra["unmatched_results"] = unmatched
+        run.extra["vid_stride"] = args.vid_stride
+        if counters:
+            run.extra["counts"] = [c.counts for c in counters]
         run.save(args.out)
     return 0 if run.error is None else 1
 
