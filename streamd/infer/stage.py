@@ -344,9 +344,14 @@ class InferenceStage(Stage):
                 self.detections_out.poll(500, zmq.POLLOUT)
                 self.beat()
 
+    def _in_flight(self, stream: str) -> bool:
+        return any(item.stream == stream for work in self._inflight for item, *_ in work.items)
+
     def _forward_ends(self) -> None:
+        """A stream's end goes after its last frame's detections: taken by the batcher is not enough while that
+        batch is still in the model (analytics would finish the stream, then reopen it for the late frame)."""
         for name, state in self.streams.items():
             if state.end_seq is not None and not self.batcher.has_pending(name) \
-                    and self.batcher.next_seq(name) > state.end_seq:
+                    and self.batcher.next_seq(name) > state.end_seq and not self._in_flight(name):
                 self._send(encoder.encode(StreamEnd(stream=name, ring=state.ring.name, last_seq=state.end_seq)))
                 state.end_seq = None
