@@ -162,6 +162,7 @@ class ChangeBatch:
     zone_visits: tuple[ZoneVisitChange, ...] = ()
     checkpoints: tuple[CheckpointChange, ...] = ()
     states: tuple[StateChange, ...] = ()
+    more: bool = False  # the feed goes on after ``up_to`` (the batch was cut): not caught up yet
 
     @property
     def empty(self) -> bool:
@@ -259,7 +260,7 @@ class CountStore:
                 "epoch=excluded.epoch",
                 (stream, source, frame, epoch),
             )
-            self._change("checkpoint", stream, None, epoch)
+            self._change("checkpoint", stream, f"{frame}:0", epoch)  # what it said then: a cut batch ships it
             if state is not None:
                 self._db.execute("INSERT OR REPLACE INTO stream_state (stream, frame, state, epoch) VALUES (?, ?, ?, ?)",
                                  (stream, frame, state, epoch))
@@ -274,8 +275,9 @@ class CountStore:
         ``record``; None keeps the checkpoint's."""
         with self._db:
             epoch = self._checkpoint_epoch(stream, epoch)
+            row = self._db.execute("SELECT frame FROM checkpoints WHERE stream=?", (stream,)).fetchone()
             if self._db.execute("UPDATE checkpoints SET finished=1, epoch=? WHERE stream=?", (epoch, stream)).rowcount:
-                self._change("checkpoint", stream, None, epoch)
+                self._change("checkpoint", stream, f"{row[0]}:1", epoch)
             if self._db.execute("DELETE FROM stream_state WHERE stream=?", (stream,)).rowcount:
                 self._change("state", stream, None, epoch)
 
@@ -320,8 +322,10 @@ class CountStore:
                                        "LIMIT ?", (seq, limit)).fetchall()
             if not entries:
                 return ChangeBatch(after=seq, up_to=seq, entries=0)
-            up_to = int(entries[-1][0])
             cut = len(entries) == limit
+            if cut:
+                entries = _up_to_whole_frames(entries)
+            up_to = int(entries[-1][0])
             crossing_ids = [e[3] for e in entries if e[1] == "crossing"]
             visit_ids = list({e[3] for e in entries if e[1] in ("zone_enter", "zone_exit")})
             crossings = {r[0]: r for r in self._rows(
@@ -330,7 +334,7 @@ class CountStore:
             visits = {r[0]: r for r in self._rows(
                 "SELECT id, stream, zone, class_name, entered_ts, enter_frame, exited_ts, dwell_s FROM zone_visits "
                 "WHERE id IN ({})", visit_ids)}
-            last: dict[tuple[str, str], tuple[int, int | None]] = {}  # (kind, stream) -> (seq, epoch)
+            last: dict[tuple[str, str], tuple[int, int | None, str | None]] = {}  # (kind, stream) -> seq, epoch, key
             out_crossings: list[CrossingChange] = []
             out_visits: list[ZoneVisitChange] = []
             for s, kind, stream, key, epoch in entries:
@@ -346,13 +350,24 @@ class CountStore:
                         float(v[4]), int(v[5]), float(v[6]) if exited else None,
                         float(v[7]) if exited and v[7] is not None else None))
                 elif kind in ("checkpoint", "state"):
-                    last[(kind, stream)] = (int(s), epoch)
+                    last[(kind, stream)] = (int(s), epoch, key)
             out_checkpoints: list[CheckpointChange] = []
             out_states: list[StateChange] = []
-            for (kind, stream), (s, epoch) in sorted(last.items(), key=lambda item: item[1][0]):
+            for (kind, stream), (s, epoch, key) in sorted(last.items(), key=lambda item: item[1][0]):
                 if cut and self._db.execute("SELECT 1 FROM changes WHERE seq > ? AND stream=? AND kind=? LIMIT 1",
                                             (up_to, stream, kind)).fetchone():
-                    continue  # its value now is newer than this batch: the entry after the batch ships it
+                    # Its value now is newer than this batch. A checkpoint goes as the entry recorded it (frame,
+                    # finished), so that the fleet's checkpoint covers the crossings this batch ships: a node that
+                    # took the stream over from here would count them again under its own run's ids. The state
+                    # (one blob, its value now only) waits for the entry after the batch; a checkpoint without
+                    # its state resumes with a fresh tracker (an object in transit missed, none doubled).
+                    if kind == "checkpoint" and key:
+                        row = self._db.execute("SELECT source FROM checkpoints WHERE stream=?", (stream,)).fetchone()
+                        frame, finished = key.split(":")
+                        if row is not None:
+                            out_checkpoints.append(CheckpointChange(s, epoch, stream, str(row[0]), int(frame),
+                                                                    finished == "1"))
+                    continue
                 if kind == "checkpoint":
                     row = self._db.execute("SELECT source, frame, finished FROM checkpoints WHERE stream=?",
                                            (stream,)).fetchone()
@@ -365,7 +380,7 @@ class CountStore:
                                                   None if row is None else bytes(row[1])))
             return ChangeBatch(after=seq, up_to=up_to, entries=len(entries), crossings=tuple(out_crossings),
                                zone_visits=tuple(out_visits), checkpoints=tuple(out_checkpoints),
-                               states=tuple(out_states))
+                               states=tuple(out_states), more=cut)
         finally:
             self._db.commit()
 
@@ -497,3 +512,17 @@ class ShiftSchedule:
 def hour_window(at: datetime, timezone: ZoneInfo) -> tuple[datetime, datetime]:
     local = at.astimezone(timezone).replace(minute=0, second=0, microsecond=0)
     return local, local + timedelta(hours=1)
+
+
+def _up_to_whole_frames(entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A batch cut at its size limit ends before the first row whose frame's checkpoint is not in it: the rows a
+    frame recorded ship with that frame's checkpoint, so the fleet's checkpoint covers every row it holds (a node
+    that resumes a stream from it would otherwise count the rows after it again, under its own run's ids). A
+    frame larger than the whole batch ships in parts (there is no other way forward)."""
+    last_checkpoint: dict[str, int] = {}
+    for i, (_, kind, stream, _, _) in enumerate(entries):
+        if kind == "checkpoint":
+            last_checkpoint[stream] = i
+    open_rows = [i for i, (_, kind, stream, _, _) in enumerate(entries)
+                 if kind != "state" and i > last_checkpoint.get(stream, -1)]
+    return entries[: open_rows[0]] if open_rows and open_rows[0] > 0 else entries

@@ -203,7 +203,7 @@ class Replicator:
             self._delivered += batch.entries
             self._fenced += result.fenced_changes
         # a batch short of the limit held the whole feed as of read_at: everything recorded before is delivered
-        self._observe(local, batch.up_to, batch.entries, read_at if batch.entries < self.batch_size else None)
+        self._observe(local, batch.up_to, batch.entries, None if batch.more else read_at)
         return batch.entries
 
     def _observe(self, local: CountStore, watermark: int, delivered: int, complete_at: float | None) -> None:

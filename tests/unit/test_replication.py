@@ -103,9 +103,10 @@ def test_every_change_enters_the_feed_in_order_and_the_watermark_prunes_it(local
     local.finish("cam")
     with local._db:
         kinds = [(k, key, e) for k, key, e in local._db.execute("SELECT kind, key, epoch FROM changes ORDER BY seq")]
-    assert kinds == [("crossing", "a", 7), ("zone_enter", "v", 7), ("checkpoint", None, 7), ("state", None, 7),
-                     ("checkpoint", None, 7), ("zone_exit", "v", 7), ("checkpoint", None, 7), ("state", None, 7),
-                     ("checkpoint", None, 7)]
+    # a checkpoint entry says what it recorded (frame:finished), for a batch cut before the checkpoint's value now
+    assert kinds == [("crossing", "a", 7), ("zone_enter", "v", 7), ("checkpoint", "1:0", 7), ("state", None, 7),
+                     ("checkpoint", "1:0", 7), ("zone_exit", "v", 7), ("checkpoint", "2:0", 7), ("state", None, 7),
+                     ("checkpoint", "2:1", 7)]
     batch = local.changes_since(0)
     assert (batch.after, batch.up_to, batch.entries) == (0, 9, 9)
     assert [c.row.id for c in batch.crossings] == ["a"]
@@ -141,14 +142,42 @@ def test_without_the_feed_nothing_is_appended_and_old_files_are_migrated(tmp_pat
     again.close()
 
 
-def test_a_cut_batch_never_ships_a_checkpoint_ahead_of_the_rows_before_it(local: CountStore) -> None:
+def test_a_cut_batch_ships_the_checkpoint_its_rows_reached_never_one_ahead(local: CountStore) -> None:
     for f in range(1, 6):  # per frame: crossing, checkpoint, state
         local.record([row(f"c{f}", f)], "cam", "src", f, state=b"s%d" % f)
     batch = local.changes_since(0, limit=4)  # c1, cp1, s1, c2 -- the checkpoint now is frame 5
-    assert [c.row.id for c in batch.crossings] == ["c1", "c2"]
-    assert batch.checkpoints == () and batch.states == ()
+    # the batch ends with frame 1 (c2 goes with its own checkpoint), and ships the checkpoint as its entry
+    # recorded it: frame 1, not ahead of the rows (frame 5), nor left out (a node taking the stream over would
+    # resume before c1 and count it again under its own ids). The state, known only as it is now, waits.
+    assert [c.row.id for c in batch.crossings] == ["c1"] and batch.up_to == 3
+    assert [(c.frame, c.finished) for c in batch.checkpoints] == [(1, False)] and batch.states == ()
     rest = local.changes_since(batch.up_to, limit=100)
     assert [c.frame for c in rest.checkpoints] == [5] and [s.state for s in rest.states] == [b"s5"]
+
+
+def test_after_every_cut_batch_the_checkpoint_covers_every_row_shipped(local: CountStore) -> None:
+    """A backlog (two streams, frames interleaved, some with several crossings) shipped in small batches: at no
+    point does a stream's shipped checkpoint lag behind a crossing shipped for it, so a node that resumes the stream
+    from the fleet's checkpoint after any batch analyses no frame whose crossings the fleet already has."""
+    for f in range(1, 31):
+        for stream in ("cam", "door"):
+            rows = [row(f"{stream}-{f}-{k}", f, stream) for k in range(f % 4)]
+            local.record(rows, stream, "src", f, state=b"s%d" % f)
+    shipped_frame: dict[str, int] = {}
+    checkpoint: dict[str, int] = {}
+    after = 0
+    for limit in [6, 7, 9, 11] * 40:  # a frame is at most 5 entries here: each batch holds a whole one
+        batch = local.changes_since(after, limit)
+        if batch.empty:
+            break
+        for c in batch.crossings:
+            shipped_frame[c.row.stream] = max(shipped_frame.get(c.row.stream, 0), c.row.frame)
+        for cp in batch.checkpoints:
+            checkpoint[cp.stream] = cp.frame
+        assert all(frame <= checkpoint.get(stream, 0) for stream, frame in shipped_frame.items()), \
+            (shipped_frame, checkpoint)
+        after = batch.up_to
+    assert checkpoint == {"cam": 30, "door": 30}
 
 
 # ---- apply: same counts, idempotent, fenced ---------------------------------------------------------------------
