@@ -62,6 +62,8 @@ class AnalyticsStage(Stage):
         self._tallied_at = 0.0
         self.stage_hist: dict[str, dict[str, Histogram]] = {}  # stream -> queue / infer / analyse
         self.last_frame: dict[str, tuple[int, float]] = {}  # stream -> (frame index, wall clock - stream time)
+        self._retired: deque[str] = deque(maxlen=256)  # rings reloads removed (bounded: ring names are unique)
+        self.late_frames = 0
 
     @property
     def pipelines(self) -> dict[str, PipelineConfig]:
@@ -85,8 +87,11 @@ class AnalyticsStage(Stage):
         # a stream on a changed pipeline starts with fresh tracker and counter state (as on a new ring)
         for stream in list(self.streams):
             pipeline = self.stream_pipeline.get(stream)
-            if pipeline in changed or pipeline not in params.pipelines:
-                self._reset(stream)
+            if pipeline not in changed and pipeline in params.pipelines:
+                continue
+            if stream not in params.sources:
+                continue  # stopped by the reload: its StreamRemoved says whether to keep its state (a hand-over)
+            self._reset(stream)
         self.log.info("reconfigured", pipelines=sorted(params.pipelines), changed=changed,
                       config_hash=self.config_hash())
 
@@ -115,11 +120,7 @@ class AnalyticsStage(Stage):
                 elif isinstance(msg, StreamEnd):
                     self._on_end(msg)
                 elif isinstance(msg, StreamRemoved):
-                    if self.rings.get(msg.stream) == msg.ring and msg.handed_over:
-                        self._forget(msg.stream)
-                    elif self.rings.get(msg.stream) == msg.ring:
-                        self._reset(msg.stream)
-                    self._send(encoder.encode(msg))
+                    self._remove(msg)
                 elif isinstance(msg, Reconfigure):
                     self._reconfigure(msg)
             elif self.stop.is_set():
@@ -219,6 +220,19 @@ class AnalyticsStage(Stage):
         self.last_seq.pop(stream, None)
         self.rings.pop(stream, None)
 
+    def _remove(self, msg: StreamRemoved) -> None:
+        """A reload stopped the stream. The supervisor tells this stage directly and through inference (which may
+        be gone already): the first of the two acts. Frames of the ring still on their way are ignored from now
+        on, so nothing recorded for it can overwrite what the stream's next start imports or resets."""
+        if msg.ring in self._retired:
+            return
+        self._retired.append(msg.ring)
+        if self.rings.get(msg.stream) == msg.ring and msg.handed_over:
+            self._forget(msg.stream)
+        elif self.rings.get(msg.stream) == msg.ring:
+            self._reset(msg.stream)
+        self._send(encoder.encode(msg))
+
     def _forget(self, stream: str) -> None:
         """The stream moved to another node: drop it here but keep its stored state (tracks in transit, open zone
         visits) and checkpoint, which its new owner continues from."""
@@ -228,6 +242,9 @@ class AnalyticsStage(Stage):
         self.log.info("state_kept_for_hand_over", stream=stream, frame=self.last_frame.get(stream, (None,))[0])
 
     def _on_detections(self, msg: Detections) -> None:
+        if msg.ring and msg.ring in self._retired:
+            self.late_frames += 1  # of a ring a reload removed: its stream is gone or starts again elsewhere
+            return
         if msg.ring and self.rings.get(msg.stream) != msg.ring:
             if msg.stream in self.rings:
                 self._reset(msg.stream)  # restarted by a reload: a new ring, sequence numbers start over

@@ -39,6 +39,7 @@ log = structlog.get_logger()
 
 SYNC_TIMEOUT_S = 30.0
 PREPARE_TIMEOUT_S = 600.0  # reading the file and loading new models: beyond this the reload is rejected
+REGAINED_RESTART_S = 1.0  # a regained stream starts again this long after it stopped: its last frames are through
 FLEET_RETRY_S = 5.0  # a rejected lease change is tried again after this  # start the new streams anyway if a shared stage has not confirmed its new config by then
 
 
@@ -304,11 +305,11 @@ class ReloadController:
         for name, error in plan.import_failed.items():
             state.streams.not_started[name] = error
         if plan.import_failed:
-            self._retry_at = time.monotonic() + FLEET_RETRY_S
+            self._retry_at = time.monotonic() + REGAINED_RESTART_S + FLEET_RETRY_S
         if plan.regained:
             log.info("streams_regained", streams=list(plan.regained),
                      action="restarting them from the fleet's checkpoint: another node ran them meanwhile")
-            self._retry_at = time.monotonic()
+            self._retry_at = time.monotonic() + REGAINED_RESTART_S
         for name in plan.start:
             self.stages.start_stream(name, plan.start_frames.get(name, 0))
         self._waiting = self.stages.refresh_shared()
@@ -356,7 +357,7 @@ class ReloadController:
     def _reject(self, error: str) -> None:
         error = redact(error)
         if self._reason == "fleet":
-            self._retry_at = time.monotonic() + FLEET_RETRY_S
+            self._retry_at = time.monotonic() + REGAINED_RESTART_S + FLEET_RETRY_S
         self._finish_status(ok=False, error=error, failures=self.status["failures"] + 1)
         log.error("reload_rejected", reason=self._reason, error=error, action="still running the previous config")
 

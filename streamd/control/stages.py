@@ -122,9 +122,11 @@ class Stages:
         entry = self.state.streams.get(name)
         if entry is not None:
             pipeline = self.state.pipelines.get(entry.config.pipeline)
+            removed = encoder.encode(StreamRemoved(stream=name, ring=entry.ring, handed_over=handed_over))
             if pipeline is not None:
-                self._send(self.specs.endpoints.inference(pipeline.model_key),
-                           encoder.encode(StreamRemoved(stream=name, ring=entry.ring, handed_over=handed_over)))
+                self._send(self.specs.endpoints.inference(pipeline.model_key), removed)
+            # and to analytics directly: the inference stage may be retired by this reload before it passes it on
+            self._send(self.specs.endpoints.analytics, removed)
         self.state.streams.stop(name)
         log.info("stream_removed", stream=name, handed_over=handed_over)
 

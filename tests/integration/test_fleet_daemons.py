@@ -81,17 +81,20 @@ def test_streams_spread_over_nodes_and_move_when_one_dies(tmp_path: Path, pg_url
 
 
 
-def conveyor_node_config(tmp: Path, node: str, url: str, video: Path, streams: list[str]) -> Path:
+def conveyor_node_config(tmp: Path, node: str, url: str, video: Path, streams: list[str],
+                         pipeline_per_stream: bool = False) -> Path:
     """A fleet node counting real-time conveyor files with the project's model, crossing one exit line."""
     from streamd.demo import package_file
 
     folder = tmp / node
     folder.mkdir()
+    pipeline = {"model": str(package_file("models", "conveyor.onnx")), "confidence": 0.35,
+                "tracker": {"lost_track_s": 0.5},
+                "lines": [{"name": "exit", "points": [[320, 360], [320, 0]], "anchor": "center"}]}
+    names = {s: f"p-{s}" if pipeline_per_stream else "p" for s in streams}
     return write_config(folder / "streamd.yaml", {
-        "streams": [{"name": s, "url": str(video), "pipeline": "p", "realtime": True} for s in streams],
-        "pipelines": {"p": {"model": str(package_file("models", "conveyor.onnx")), "confidence": 0.35,
-                            "tracker": {"lost_track_s": 0.5},
-                            "lines": [{"name": "exit", "points": [[320, 360], [320, 0]], "anchor": "center"}]}},
+        "streams": [{"name": s, "url": str(video), "pipeline": names[s], "realtime": True} for s in streams],
+        "pipelines": {name: pipeline for name in sorted(set(names.values()))},
         "counts": {"path": str(folder / "counts.db"), "url": url},
         "fleet": {"enabled": True, "node_id": node, "failover_s": FAILOVER_S, "heartbeat_s": 1.0},
         "supervisor": {"stats_interval_s": 2},
@@ -172,7 +175,9 @@ def test_a_stream_moved_by_a_join_is_drained_then_released_and_counts_exactly_on
     assert len(moving) == 1, moving
 
     def conveyor_node(node: str) -> Path:
-        return conveyor_node_config(tmp_path, node, pg_url, video, streams)
+        # a pipeline per stream: the moved stream's pipeline leaves node-1 with it (the reload's reconfigure of
+        # analytics must not clear the state the hand-over keeps)
+        return conveyor_node_config(tmp_path, node, pg_url, video, streams, pipeline_per_stream=True)
 
     cfg1 = conveyor_node("node-1")
     first = daemon_factory(cfg1)
