@@ -1,7 +1,9 @@
 """tools.bench_pipeline: the --smoke run (every system, scenario and limit on tiny inputs) writes every field.
 
 S4 (counting at scale) is judged on counts, not speed: the smoke run's one stream must be counted exactly
-by streamd, and every system's per-stream counts must be compared with the scene's truth.
+by streamd, and every system's per-stream counts must be compared with the scene's truth. S2's sweep
+(N = 1, 2, ... until a system's first N that does not hold) is checked without processes: its stop rule, the
+order of the runs main() makes, the score and the time estimate of the default run.
 
 Speed is never asserted: the machine is shared and timings vary. The run needs the GStreamer RTSP
 server (system python with gi) for the live scenarios, and the training interpreter for the
@@ -63,6 +65,7 @@ def _check_system(result: dict[str, Any], system: str) -> None:
     assert summary["s1"][system]["latency_p99_ms"] == runs["s1"]["latency_p99_ms"]  # one repeat: median = the run
     assert summary["s2"][system]["1"]["fps_processed"] == runs["s2"]["fps_processed"]
     assert isinstance(summary["s2_max_streams"][system], int)
+    assert summary["s2_lower_bound"][system] == (summary["s2_max_streams"][system] == 1)  # the smoke sweep: N = 1
     assert summary["s3"][system]["pct_of_ort_limit"] > 0 and summary["s3"][system]["x_plain_loop"] > 0
 
 
@@ -112,8 +115,11 @@ def test_smoke_streamd_plain_limits_and_outputs(smoke: dict[str, Any]) -> None:
     goals = result["summary"]["goals"]
     assert set(goals) == {"s1_p99_le_50ms", "s1_lag_p99_le_plain_and_p50_within_15pct_of_floor",
                           "s2_1.3x_best_and_85pct_of_bound", "s3_90pct_of_bound_and_1.05x_best",
-                          "s4_2x_best_alternative"}  # S2 x1 only: no CPU goal
+                          "s4_2x_best_alternative", "cpu_per_frame_s2_le_0.6x_plain"}
+    assert goals["cpu_per_frame_s2_le_0.6x_plain"]["streams"] == 1  # S2 x1 only: compared there
     assert goals["s4_2x_best_alternative"]["needed"] >= 1
+    assert meta["s2"]["streams_planned"] == [1] and meta["s2"]["stops_at_first_failure"]
+    assert meta["estimate"]["phases"]["s2"]["runs"] >= 2 and meta["elapsed_s"]["total"] > 0
     bound = limits["bound"]
     assert bound["fps"] > 0 and bound["streams"] >= 0 and bound["s1_floor_ms"] > 0
     assert set(bound["cost_cpu_ms"]) == {"decode", "preprocess", "ort", "postprocess", "tracking"}
@@ -129,6 +135,7 @@ def test_smoke_streamd_plain_limits_and_outputs(smoke: dict[str, Any]) -> None:
     assert (out / "bench_s2_scale.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "bench_s4_counting.png").read_bytes()[:4] == b"\x89PNG"
     assert "S4: streamd ≥ 2× best alternative" in md and "Score (most streams held" in md
+    assert "each system's sweep stopping after its first N that does not hold" in md
 
 
 @pytest.mark.integration
@@ -239,3 +246,121 @@ def test_crossing_counts_read_streamd_events_once_by_id(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps(e) for e in lines) + "\n{truncated")
     counts, backwards = crossing_counts(path, ["cam0", "cam1"])
     assert counts == [{"box": 1}, {"can": 1}] and backwards == 1
+
+
+def _s2_run(system: str, n: int, lag: float | None, drop: float = 0.0, repeat: int = 0,
+            error: str | None = None) -> dict[str, Any]:
+    return {"scenario": "s2", "system": system, "streams": n, "repeat": repeat, "lag_p99_ms": lag, "drop_pct": drop,
+            "fps_processed": 15.0 * n, "cpu_pct": 10.0 * n, "error": error}
+
+
+def test_s2_sweep_stops_a_system_after_its_first_n_not_held_on_medians() -> None:
+    from tools.bench_pipeline.__main__ import s2_still_sweeping, sweep_runs
+
+    systems = ["streamd", "plain", "ultralytics", "other"]
+    runs = [_s2_run("streamd", 1, 20.0), _s2_run("plain", 1, 30.0), _s2_run("ultralytics", 1, 40.0),
+            {"scenario": "s1", "system": "other", "streams": 1, "lag_p99_ms": 900.0, "drop_pct": 50.0, "error": None}]
+    assert s2_still_sweeping(runs, systems) == systems  # all held N = 1; "other" has no S2 run yet (S1 is not S2)
+    for repeat, (mine, theirs, ultra) in enumerate([(20.0, 30.0, 45.0), (200.0, 70.0, 45.0), (40.0, 80.0, 45.0)]):
+        runs += [_s2_run("streamd", 2, mine, repeat=repeat), _s2_run("plain", 2, theirs, repeat=repeat),
+                 _s2_run("ultralytics", 2, ultra, drop=2.0 if repeat else 0.0, repeat=repeat)]
+    # medians of 3 repeats: streamd lag 40 ms (one slow repeat does not stop it), plain 70 ms, ultralytics drops 2 %
+    assert s2_still_sweeping(runs, systems) == ["streamd", "other"]
+    assert s2_still_sweeping(runs, systems, stop=False) == systems  # --s2-keep-going or an explicit --streams list
+    # a point whose every repeat failed does not hold; one failed repeat of three is left out of the medians
+    assert s2_still_sweeping(runs + [_s2_run("streamd", 3, None, error="boom")], ["streamd"]) == []
+    assert s2_still_sweeping(runs + [_s2_run("streamd", 3, None, error="boom"), _s2_run("streamd", 3, 30.0, repeat=1)],
+                             ["streamd"]) == ["streamd"]
+    assert s2_still_sweeping([_s2_run("plain", 1, 50.0), _s2_run("plain", 2, 50.1)], ["plain"]) == []  # p99 <= 50
+    assert sweep_runs([1, 2, 3, 4, 5], held=2, stop=True) == [1, 2, 3]  # up to its first N not held
+    assert sweep_runs([1, 2, 3], held=0, stop=True) == [1] and sweep_runs([1, 2, 3], held=9, stop=True) == [1, 2, 3]
+    assert sweep_runs([1, 2, 3], held=0, stop=False) == [1, 2, 3]
+
+
+def test_s2_sweep_in_main_interleaves_systems_and_repeats_and_stops(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() without processes: run_one answers from a table of lags; every N is run --repeats times with the
+    systems interleaved, a system's sweep ends after its first N not held, the report scores the sweep."""
+    import tools.bench_pipeline.__main__ as bench_main
+
+    held = {"streamd": 3, "plain": 1}
+    calls: list[tuple[str, int, int]] = []
+
+    def fake_run_one(args: Any, scenario: str, system: str, model: Path, sources: list[str], *rest: Any) -> dict:
+        repeat = rest[-2]
+        calls.append((system, len(sources), repeat))
+        lag = 20.0 if len(sources) <= held[system] else 90.0
+        if system == "streamd" and len(sources) == 2 and repeat == 1:
+            lag = 500.0  # one bad repeat of three: the median holds
+        return _s2_run(system, len(sources), lag, repeat=repeat)
+
+    class FakeServer:
+        def __init__(self, file: Path, mounts: int) -> None:
+            self.urls = [f"rtsp://x/{i}" for i in range(mounts)]
+
+        def __enter__(self) -> FakeServer:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(bench_main, "run_one", fake_run_one)
+    monkeypatch.setattr(bench_main, "RtspServer", FakeServer)
+    monkeypatch.setattr(bench_main, "rtsp_available", lambda: None)
+    monkeypatch.setattr(bench_main, "clip", lambda spec, cache: tmp_path / spec.name)
+    monkeypatch.setattr(bench_main.report, "plots", lambda summary, out, fps: [])
+    out = tmp_path / "out"
+    assert bench_main.main(["--scenarios", "s2", "--systems", "streamd", "plain", "--repeats", "3", "--s2-max", "6",
+                            "--out", str(out)]) == 0
+    by_n = [[(s, r) for s, n, r in calls if n == k] for k in range(1, 7)]
+    assert by_n[0] == by_n[1] == [(s, r) for r in range(3) for s in ("streamd", "plain")]  # interleaved
+    assert by_n[2] == by_n[3] == [("streamd", r) for r in range(3)] and by_n[4] == by_n[5] == []
+    assert [n for s, n, _ in calls] == sorted(n for _, n, _ in calls)  # N in increasing order
+    result = json.loads((out / "results.json").read_text())
+    summary = result["summary"]
+    assert summary["s2_max_streams"] == {"streamd": 3, "plain": 1}
+    assert summary["s2_lower_bound"] == {"streamd": False, "plain": False}
+    goal = summary["goals"]["s2_1.3x_best_and_85pct_of_bound"]
+    assert goal["needed"] == 2 and goal["met"]  # no limits phase: no bound
+    assert summary["goals"]["cpu_per_frame_s2_le_0.6x_plain"]["streams"] == 2  # plain never ran 4
+    md = (out / "results.md").read_text()
+    assert "| streamd | 4 |" in md and "| plain | 2 |" in md and "| plain | 3 |" not in md  # every N run
+    assert "Most streams held (by lag): plain 1, streamd 3;" in md
+    assert result["meta"]["estimate"]["phases"]["s2"]["runs"] == 3 * (6 + 4)  # assumed: streamd holds 8 (1..6), plain 3 (1..4)
+
+
+def test_s2_score_is_the_largest_n_held_from_the_first_and_says_lower_bound() -> None:
+    from tools.bench_pipeline.report import cpu_goal_streams, goals, s2_score
+
+    def row(lag: float | None, drop: float = 0.0, repeats: int = 1) -> dict[str, Any]:
+        return {"lag_p99_ms": lag, "drop_pct": drop, "repeats": repeats, "cpu_ms_per_frame": 5.0}
+
+    assert s2_score({"1": row(10), "2": row(20), "3": row(60)}) == (2, False)
+    assert s2_score({"1": row(10), "2": row(20)}) == (2, True)  # held every N tried: a lower bound
+    assert s2_score({"1": row(60)}) == (0, False) and s2_score({}) == (0, False)
+    assert s2_score({"1": row(10), "2": row(10, drop=1.0), "3": row(10)}) == (1, False)  # keep-going: not raised
+    assert s2_score({"1": row(10), "2": row(None, repeats=0)}) == (1, False)  # every repeat failed
+    summary = {"s1": {}, "s1_extra": {}, "s3": {}, "bound_streams": 10,
+               "s2": {"streamd": {"1": row(1), "2": row(1), "3": row(1)}, "plain": {"1": row(1), "2": row(90)}},
+               "s2_max_streams": {"streamd": 3, "plain": 1}, "s2_lower_bound": {"streamd": True, "plain": False}}
+    goal = goals(summary, ["streamd", "plain"])["s2_1.3x_best_and_85pct_of_bound"]
+    assert goal["needed"] == 2 and goal["needed_for_bound"] == 9 and not goal["met"]  # 3 < 0.85 x 10
+    assert goal["lower_bound"] == {"streamd": True, "plain": False}
+    assert cpu_goal_streams(summary["s2"]) == 2
+    assert cpu_goal_streams({"streamd": {"3": row(1), "5": row(1)}, "plain": {"3": row(1), "5": row(1)}}) == 5
+    assert cpu_goal_streams({"streamd": {"4": row(1)}, "plain": {"1": row(1)}}) is None
+
+
+def test_default_run_is_planned_within_25_minutes() -> None:
+    from tools.bench_pipeline.__main__ import estimate, parse_args
+
+    args = parse_args([])
+    assert args.streams is None and args.s2_max == 12 and not args.s2_keep_going
+    est = estimate(args, ["streamd", "ultralytics", "plain"])
+    s2 = est["phases"]["s2"]
+    assert s2["runs"] == 9 + 4 + 4 and s2["runs_max"] == 36  # streamd 1..9, the others 1..4
+    assert est["minutes"] <= 25, est
+    explicit = estimate(parse_args(["--streams", "4", "1", "--repeats", "2", "--scenarios", "s2"]), ["streamd", "plain"])
+    assert explicit["phases"]["s2"]["runs"] == explicit["phases"]["s2"]["runs_max"] == 8
+    window = parse_args(["--duration", "3", "--warmup", "2"])  # given: S2 as well
+    assert (window.s2_duration, window.s2_warmup, window.duration) == (3.0, 2.0, 3.0)

@@ -50,6 +50,28 @@ def _ceil(x: float) -> int:
     return int(-(-x // 1))
 
 
+def s2_score(by_n: dict[str, dict[str, Any]]) -> tuple[int, bool]:
+    """A system's S2 result from its medians per N: the most streams held, i.e. the largest N up to which every N
+    it ran held (0 when its first did not), and whether that is only a lower bound (it held every N it ran, the
+    largest included, so its limit was not reached). A sweep that stopped at its first failure gives the N before
+    it; with --s2-keep-going a later N that happens to hold again does not raise the score."""
+    score = 0
+    for n in sorted(int(k) for k in by_n):
+        if not holds(by_n[str(n)]):
+            return score, False
+        score = n
+    return score, bool(by_n)
+
+
+def cpu_goal_streams(s2: dict[str, dict[str, dict[str, Any]]], want: int = 4) -> int | None:
+    """The N at which streamd's and plain's CPU per frame are compared: ``want`` when both ran it, else the closest
+    N both ran (the larger of two as close; a sweep stops plain early), None when they share none."""
+    mine, theirs = s2.get("streamd", {}), s2.get("plain", {})
+    common = [int(n) for n in mine if n in theirs and mine[n].get("cpu_ms_per_frame")
+              and theirs[n].get("cpu_ms_per_frame")]
+    return min(common, key=lambda n: (abs(n - want), -n)) if common else None
+
+
 def summarise(runs: list[dict[str, Any]], limits: dict[str, Any], systems: list[str]) -> dict[str, Any]:
     agg = aggregate(runs)
     summary: dict[str, Any] = {"s1": {}, "s1_extra": {}, "s2": {}, "s3": {}}
@@ -64,9 +86,9 @@ def summarise(runs: list[dict[str, Any]], limits: dict[str, Any], systems: list[
         elif scenario == "s3":
             summary["s3"][system] = dict(row, streams=streams)
     tested = sorted({int(n) for rows in summary["s2"].values() for n in rows})
-    summary["s2_max_streams"] = {
-        system: max([int(n) for n, row in rows.items() if holds(row)], default=0)
-        for system, rows in summary["s2"].items()}
+    scores = {system: s2_score(rows) for system, rows in summary["s2"].items()}
+    summary["s2_max_streams"] = {system: score for system, (score, _) in scores.items()}
+    summary["s2_lower_bound"] = {system: lower for system, (_, lower) in scores.items()}
     summary["s2_streams_tested"] = tested
     ort = (limits.get("ort") or {}).get("fps_model_only")
     ort_e2e = (limits.get("ort") or {}).get("fps_end_to_end")
@@ -151,12 +173,15 @@ def goals(summary: dict[str, Any], systems: list[str]) -> dict[str, Any]:
             "pct_of_bound": pct, "x_best_alternative": ratio,
             "met": pct is not None and pct >= 90.0 and (ratio is None or ratio >= 1.05)}
     if "streamd" in held:
+        lower = summary.get("s2_lower_bound") or {}
         others = {s: n for s, n in held.items() if s != "streamd"}
         best = max(others.values(), default=0)
         bound_streams = summary.get("bound_streams")
         need = max(1, _ceil(1.3 * best))
         out["s2_1.3x_best_and_85pct_of_bound"] = {
             "streamd": held["streamd"], "best_alternative": best, "needed": need, "bound_streams": bound_streams,
+            "needed_for_bound": _ceil(0.85 * bound_streams) if bound_streams is not None else None,
+            "alternatives": others, "lower_bound": {s: bool(lower.get(s)) for s in held},
             "met": held["streamd"] >= need and (bound_streams is None or held["streamd"] >= 0.85 * bound_streams)}
     if s1 and "plain" in summary["s1"]:
         plain_lag = summary["s1"]["plain"].get("lag_p99_ms")
@@ -176,11 +201,12 @@ def goals(summary: dict[str, Any], systems: list[str]) -> dict[str, Any]:
             "streamd_limit_found": summary["s4_limit_found"].get("streamd"),
             "alternatives_compared": bool(others), "met": bool(others) and score["streamd"] >= need}
     s2 = summary["s2"]
-    if "4" in s2.get("streamd", {}) and "4" in s2.get("plain", {}):
-        mine, theirs = s2["streamd"]["4"].get("cpu_ms_per_frame"), s2["plain"]["4"].get("cpu_ms_per_frame")
-        ratio = round(mine / theirs, 2) if mine and theirs else None
-        out["cpu_per_frame_s2x4_le_0.6x_plain"] = {"streamd_ms": mine, "plain_ms": theirs, "ratio": ratio,
-                                                   "met": ratio is not None and ratio <= 0.6}
+    n = cpu_goal_streams(s2)
+    if n is not None:
+        mine, theirs = s2["streamd"][str(n)]["cpu_ms_per_frame"], s2["plain"][str(n)]["cpu_ms_per_frame"]
+        ratio = round(mine / theirs, 2)
+        out["cpu_per_frame_s2_le_0.6x_plain"] = {"streams": n, "streamd_ms": mine, "plain_ms": theirs, "ratio": ratio,
+                                                 "met": ratio <= 0.6}
     return out
 
 
@@ -212,7 +238,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"onnxruntime {m['onnxruntime']}. Load average (1, 5, 15 min) at start {meta['load_start']}, at end "
         f"{meta['load_end']}. Model `{meta['model']}` at {meta['imgsz']} px, same file for every system. "
         f"Medians over {meta['repeats']} repeat(s); {meta['warmup_s']} s warm-up then {meta['duration_s']} s "
-        "measured per live run.", "",
+        "measured per live run" + (f" (S2: {meta['s2']['warmup_s']} s then {meta['s2']['duration_s']} s)"
+                                   if meta.get("s2") else "") + ".", "",
         "Latency: frame decoded → tracked result published (p50/p99/max). Lag: camera sent the frame → "
         "published, which also counts time a frame waited before it was decoded (a lower bound, see "
         "docs/benchmarks.md). Drops: frames the cameras sent in the window but the system never published. "
@@ -240,8 +267,21 @@ def markdown(result: dict[str, Any]) -> str:
                 rows.append([system, n, r["fps_processed"], r["drop_pct"], r["latency_p50_ms"], r["latency_p99_ms"],
                              r["lag_p50_ms"], r["lag_p99_ms"], r["cpu_pct"], r.get("cpu_ms_per_frame"),
                              r["peak_rss_mb"], "yes" if holds(r) else "no", "; ".join(r["errors"]) or ""])
-        held = ", ".join(f"{s} {n}" for s, n in summary["s2_max_streams"].items())
+        lower = summary.get("s2_lower_bound") or {}
+        held = ", ".join(f"{s} {n}" + (" (lower bound: held every N run)" if lower.get(s) else "")
+                         for s, n in summary["s2_max_streams"].items())
+        s2 = meta.get("s2") or {}
+        if s2.get("stops_at_first_failure"):
+            planned = s2["streams_planned"]
+            ns = ", ".join(map(str, planned)) if len(planned) <= 4 else f"1, 2, 3, … up to {planned[-1]}"
+            how = f"N = {ns}, each system's sweep stopping after its first N that does not hold"
+        elif s2.get("sweep"):
+            how = f"every N from 1 to {max(s2['streams_planned'])} for every system (--s2-keep-going)"
+        else:
+            how = "the N given with --streams, for every system"
         parts += [f"## S2 scale: live RTSP sources, {meta['s2_clip']}", "",
+                  f"Runs: {how}. Most streams held: the largest N up to which every N a system ran held, judged on the "
+                  "medians over the repeats.", "",
                   _table(["system", "streams", "fps", "drop %", "p50 ms", "p99 ms", "lag p50 ms", "lag p99 ms", "CPU %",
                           "CPU ms/frame", "peak RSS MB",
                           f"holds (lag p99 ≤ {HOLD_P99_MS:g} ms, drops < {HOLD_DROP_PCT:g} %)", "errors"], rows), "",
@@ -339,8 +379,16 @@ def markdown(result: dict[str, Any]) -> str:
                          f"vs floor {_fmt(x['floor_ms'])} ms", verdict(x)])
         x = g.get("s2_1.3x_best_and_85pct_of_bound")
         if x:
+            lb = x.get("lower_bound") or {}
+
+            def held_n(system: str, n: int) -> str:
+                return f"{n}" + (" (lower bound)" if lb.get(system) else "")
+
+            alts = ", ".join(f"{s} {held_n(s, n)}" for s, n in x["alternatives"].items()) or "none run"
+            bound = (f"bound {_fmt(x['bound_streams'])} (needs {x['needed_for_bound']})"
+                     if x["bound_streams"] is not None else "bound not measured")
             rows.append(["S2 streams held (lag) ≥ 1.3× best alternative and ≥ 85 % of the bound",
-                         f"{x['streamd']} vs {x['best_alternative']} (needs {x['needed']}); bound {_fmt(x['bound_streams'])}",
+                         f"streamd {held_n('streamd', x['streamd'])} vs {alts} (needs {x['needed']}); {bound}",
                          verdict(x)])
         x = g.get("s3_90pct_of_bound_and_1.05x_best")
         if x:
@@ -354,9 +402,10 @@ def markdown(result: dict[str, Any]) -> str:
                          f"streamd {x['streamd']}" + ("" if x["streamd_limit_found"] else " (held every N tried)")
                          + f" vs {alts} (needs {x['needed']})",
                          verdict(x) if x["alternatives_compared"] else "no alternative run"])
-        x = g.get("cpu_per_frame_s2x4_le_0.6x_plain")
+        x = g.get("cpu_per_frame_s2_le_0.6x_plain")
         if x:
-            rows.append(["CPU per analysed frame at S2 × 4 ≤ 0.6× plain loop",
+            rows.append([f"CPU per analysed frame at S2 × {x['streams']} ≤ 0.6× plain loop"
+                         + ("" if x["streams"] == 4 else " (× 4 not run by both)"),
                          f"{_fmt(x['streamd_ms'])} vs {_fmt(x['plain_ms'])} ms ({_fmt(x['ratio'])}×)", verdict(x)])
         parts += ["## Goals", "", _table(["goal", "measured", "result"], rows), ""]
     if meta.get("skipped"):
@@ -381,16 +430,19 @@ def plots(summary: dict[str, Any], out: Path, fps: float) -> list[Path]:
     written = []
     if summary["s2"]:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for system, by_n in summary["s2"].items():
+        for system, by_n in summary["s2"].items():  # every N run; a cross where it did not hold
             ns = sorted(int(n) for n in by_n)
-            p99 = [by_n[str(n)]["latency_p99_ms"] for n in ns]
+            lag = [by_n[str(n)]["lag_p99_ms"] for n in ns]
             got = [by_n[str(n)]["fps_processed"] for n in ns]
-            ax1.plot(ns, [v if v is not None else float("nan") for v in p99], "o-", label=system)
+            (line,) = ax1.plot(ns, [v if v is not None else float("nan") for v in lag], "o-", label=system)
+            failed = [(n, v) for n, v in zip(ns, lag) if v is not None and not holds(by_n[str(n)])]
+            if failed:
+                ax1.plot(*zip(*failed), "x", color=line.get_color(), ms=10, mew=2)
             ax2.plot(ns, [v if v is not None else float("nan") for v in got], "o-", label=system)
         ns = summary["s2_streams_tested"]
-        ax1.axhline(HOLD_P99_MS, color="grey", ls="--", lw=1, label=f"{HOLD_P99_MS:g} ms goal")
+        ax1.axhline(HOLD_P99_MS, color="grey", ls="--", lw=1, label=f"{HOLD_P99_MS:g} ms (× not held)")
         ax2.plot(ns, [fps * n for n in ns], color="grey", ls="--", lw=1, label="all frames")
-        ax1.set(xlabel="live streams", ylabel="latency p99 (ms)", yscale="log", title="S2 latency p99 vs streams",
+        ax1.set(xlabel="live streams", ylabel="lag p99 (ms)", yscale="log", title="S2 lag p99 vs streams",
                 xticks=ns)
         ax2.set(xlabel="live streams", ylabel="frames/s processed", title="S2 processed fps vs streams", xticks=ns)
         for ax in (ax1, ax2):
