@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     configs = list(itertools.product(args.model, providers, sorted(set(args.threads)), sorted(set(args.batch))))
     rows = []
-    with tqdm(configs, desc="bench", unit="config") as bar:
+    with tqdm(configs, desc="bench", unit="config", disable=None) as bar:
         for path, provider, threads, batch in bar:
             try:
                 rows.append(bench_one(path, args.labels, provider, threads, batch, images, args.images, args.runs,

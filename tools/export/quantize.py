@@ -37,7 +37,7 @@ class ImageReader(CalibrationDataReader):
         self._input_name = input_name
         self._hw = hw
         self._spec = spec
-        self._bar = tqdm(total=len(images), desc="calibrating", unit="img")
+        self._bar = tqdm(total=len(images), desc="calibrating", unit="img", disable=None)
         self._iter = iter(images)
 
     def get_next(self) -> dict[str, np.ndarray] | None:

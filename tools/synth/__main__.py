@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "video":
         config = SceneConfig(seed=args.seed, belt_speed=args.speed, density=args.density, seconds=args.seconds,
                              fps=args.fps)
-        with tqdm(total=config.frames, desc=args.out.name, unit="frame") as bar:
+        with tqdm(total=config.frames, desc=args.out.name, unit="frame", disable=None) as bar:
             truth = render_video(config, args.out, args.out.with_suffix(".json"),
                                  progress=lambda done, _total: bar.update(done - bar.n))
         print(f"{args.out}: {config.frames} frames; products crossing x={config.line_x}: "

@@ -27,7 +27,7 @@ def write_dataset(out: Path, splits: dict[str, list[int]], every: int = 6, jpeg_
     """Render each seed's scene and keep every ``every``-th frame; returns images written per split."""
     written = {}
     total = sum(len(seeds) for seeds in splits.values())
-    bar = tqdm(total=total, desc="scenes", unit="scene")
+    bar = tqdm(total=total, desc="scenes", unit="scene", disable=None)
     for split, seeds in splits.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ def evaluate(model: torch.nn.Module, val: DataLoader[Sample], device: torch.devi
     dataset: YoloDetection = val.dataset  # type: ignore[assignment]
     model.eval()
     results: list[dict[str, Any]] = []
-    for images, targets in tqdm(val, desc="val", unit="batch", leave=False):
+    for images, targets in tqdm(val, desc="val", unit="batch", leave=False, disable=None):
         outputs = model([im.to(device) for im in images])
         for out, target in zip(outputs, targets, strict=True):
             xyxy = out["boxes"].cpu()

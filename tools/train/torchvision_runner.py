@@ -144,7 +144,7 @@ def train(opts: TrainOptions, resume_from: Path | None = None) -> Path:
         model.train()
         train_loader.generator.manual_seed(opts.seed + epoch)  # same order per epoch, resumed or not
         sums: dict[str, float] = {}
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{opts.epochs}", unit="batch")
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{opts.epochs}", unit="batch", disable=None)
         for images, targets in bar:
             images = [im.to(device) for im in images]
             targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
