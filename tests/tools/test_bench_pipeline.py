@@ -313,8 +313,11 @@ def test_s2_sweep_in_main_interleaves_systems_and_repeats_and_stops(tmp_path: Pa
     assert bench_main.main(["--scenarios", "s2", "--systems", "streamd", "plain", "--repeats", "3", "--s2-max", "6",
                             "--out", str(out)]) == 0
     by_n = [[(s, r) for s, n, r in calls if n == k] for k in range(1, 7)]
-    assert by_n[0] == by_n[1] == [(s, r) for r in range(3) for s in ("streamd", "plain")]  # interleaved
-    assert by_n[2] == by_n[3] == [("streamd", r) for r in range(3)] and by_n[4] == by_n[5] == []
+    assert by_n[0] == [(s, r) for r in range(3) for s in ("streamd", "plain")]  # interleaved
+    # a failed point runs once more (a fourth repeat) before it ends the sweep
+    assert by_n[1] == [(s, r) for r in range(3) for s in ("streamd", "plain")] + [("plain", 3)]
+    assert by_n[2] == [("streamd", r) for r in range(3)]
+    assert by_n[3] == [("streamd", r) for r in range(4)] and by_n[4] == by_n[5] == []
     assert [n for s, n, _ in calls] == sorted(n for _, n, _ in calls)  # N in increasing order
     result = json.loads((out / "results.json").read_text())
     summary = result["summary"]

@@ -14,7 +14,8 @@ loop), and the limits (decode only; ONNX Runtime alone at its best batch size).
 Scenarios: s1 one live RTSP camera, 720p 30 fps: latency p50/p99 and drops. s2 N live cameras at 15 fps:
 fps, drops, latency, lag, CPU, peak memory; a system holds N when its lag p99 <= 50 ms and drops < 1 %
 (medians over --repeats). S2 sweeps N = 1, 2, 3, ... up to --s2-max (12): at each N every system still
-sweeping runs --repeats times, the systems interleaved (load drifts hit all alike), and a system's sweep
+sweeping runs --repeats times, the systems interleaved (load drifts hit all alike; a point that fails is run
+once more and judged on the median of all its runs), and a system's sweep
 stops after its first N that does not hold (--s2-keep-going runs every N; --streams runs exactly the N
 given, no stop). Its most streams held is the largest N up to which every N it ran held, "lower bound"
 when it held the largest N it ran. S2 runs are shorter than S1's (--s2-warmup 4 s, --s2-duration 15 s
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     s2_ns = s2_stream_counts(args) if "s2" in args.scenarios else []
     s4_ns = sorted(set(args.s4_streams)) if "s4" in args.scenarios else []
     progress = tqdm(total=len(plan) + ("limits" in args.scenarios) + len(s2_ns) * len(systems) * args.repeats
-                    + len(s4_ns) * len(systems), desc="bench", unit="run")
+                    + len(s4_ns) * len(systems), desc="bench", unit="run", disable=None)
     if "limits" in args.scenarios and s3_file is not None:
         progress.set_postfix_str("limits")
         limits["decode"] = [limits_mod.decode_fps(s3_file)]
@@ -569,6 +570,14 @@ def main(argv: list[str] | None = None) -> int:
             for system in sweeping:
                 run_planned("s2", n, repeat, system, args.model)
         still = s2_still_sweeping(runs, sweeping, s2_stops(args))
+        # a failed point is run once more before it ends a sweep (one noisy 15 s window on a shared machine must
+        # not decide a score), and judged on the median of all its runs; the same rule for every system
+        failed = [system for system in sweeping if system not in still]
+        for system in failed:
+            progress.total += 1
+            run_planned("s2", n, args.repeats, system, args.model)
+        if failed:
+            still = s2_still_sweeping(runs, sweeping, s2_stops(args))
         point = report.aggregate([r for r in runs if r["scenario"] == "s2" and r["streams"] == n])
         for system in sweeping:
             if system not in still:

@@ -55,7 +55,7 @@ def _encode(scene: ConveyorScene, width: int, height: int, path: Path, crf: int 
                           "bf": "0"}
         frames = scene.config.frames
         for _, image, _ in tqdm(scene.frames(), total=frames, desc=f"render {width}x{height} seed {spec.seed}",
-                                unit="frame", leave=False):
+                                unit="frame", leave=False, disable=None):
             if image.shape[1] != width or image.shape[0] != height:
                 image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
