@@ -329,8 +329,8 @@ def markdown(result: dict[str, Any]) -> str:
                   f"crossing in its first and last {_fmt(s4.get('lead_in_s'))} s; counts are judged per stream and "
                   "class against the scene's truth once it ended; lag from "
                   f"{_fmt(s4.get('warmup_s'))} s after every stream's first published frame. \"start missed\": the "
-                  "scene's first seconds a system never decoded (FFmpeg with `fflags nobuffer` drops what it read "
-                  "while probing). Settings:", ""]
+                  "scene's first seconds a system never decoded (a reader that opens its cameras one after another, "
+                  "or drops what FFmpeg read while probing). Settings:", ""]
         parts += [f"- {system}: {text}" for system, text in settings.items() if system in summary["s4"]]
         parts += [""]
     if limits:
