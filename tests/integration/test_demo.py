@@ -21,10 +21,9 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("demo-cache")
 
 
-# Every scene runs with both models; each model runs all three scenes in one mode and one scene in the other
-# (the 12-way product added ~80 s to CI and found nothing the 8 cases below do not).
-CASES = [(seed, False, True) for seed in (1, 2, 3)] + [(seed, True, False) for seed in (1, 2, 3)] \
-    + [(1, False, False), (1, True, True)]
+# Every scene runs with both models as fast as it can; real time (paced at 30 fps: 20 s a run) once per model
+# (the realtime drop tests of test_exact_counts.py cover pacing on scenes 2 and 3; CI time).
+CASES = [(seed, int8, False) for seed in (1, 2, 3) for int8 in (False, True)] + [(1, False, True), (1, True, True)]
 
 
 @pytest.mark.parametrize(("seed", "int8", "realtime"), CASES,

@@ -186,7 +186,7 @@ def scenes_at_15fps(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple
     root = tmp_path_factory.mktemp("scenes15")
     detector = Detector.open(str(package_file("models", "conveyor.onnx")), PostprocessParams(confidence=0.35))
     out = {}
-    for seed in (1, 2, 3):
+    for seed in (2, 3):  # the fastest belt (9 px a frame) and the densest (1.8): the hardest to track sparsely
         video = root / f"seed{seed}-15fps.mp4"
         truth = render_video(dataclasses.replace(DEMO_SCENES[seed], fps=15), video)
         frames = []

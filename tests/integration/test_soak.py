@@ -1,5 +1,5 @@
-"""Soak, short (3 minutes; the long run is `python -m tools.soak --minutes 30`): 4 real-time streams with reload
-churn every 8 s; memory, file descriptors, threads, processes and shared-memory rings stay flat after warm-up."""
+"""Soak, short (90 s, sampled every 2 s: CI time; the long run is `python -m tools.soak --minutes 30`): 4 real-time
+streams with reload churn every 6 s; memory, file descriptors, threads, processes and shared-memory rings stay flat after warm-up."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from tools.soak import MAX_GROWTH, run
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(420)
-def test_three_minutes_of_reload_churn_leave_resources_flat(tmp_path) -> None:
-    result = run(3.0, tmp_path / "soak", churn_s=8.0, sample_s=3.0)
+@pytest.mark.timeout(300)
+def test_ninety_seconds_of_reload_churn_leave_resources_flat(tmp_path) -> None:
+    result = run(1.5, tmp_path / "soak", churn_s=6.0, sample_s=2.0)
     assert result["exit_code"] == 0
     assert result["reloads_applied"] >= result["edits"] - 1, result  # the last edit may still be applying
     grew = {k: g for k, g in result["growth"].items() if g["growth"] >= MAX_GROWTH}

@@ -12,8 +12,10 @@ ultralytics system; each skips with its reason when missing (fails under STREAMD
 
 from __future__ import annotations
 
+
 import csv
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,9 @@ def _check_system(result: dict[str, Any], system: str) -> None:
     assert runs["s3"]["frames_processed"] == runs["s3"]["frames_in_files"], "S3 must process every frame"
     summary = result["summary"]
     assert summary["s1"][system]["latency_p99_ms"] == runs["s1"]["latency_p99_ms"]  # one repeat: median = the run
-    assert summary["s2"][system]["1"]["fps_processed"] == runs["s2"]["fps_processed"]
+    s2_fps = sorted(r["fps_processed"] for r in result["runs"] if r["system"] == system and r["scenario"] == "s2")
+    # one repeat, and a second run only where the first did not hold: the median of those
+    assert summary["s2"][system]["1"]["fps_processed"] == pytest.approx(statistics.median(s2_fps), abs=0.01)
     assert isinstance(summary["s2_max_streams"][system], int)
     assert summary["s2_lower_bound"][system] == (summary["s2_max_streams"][system] == 1)  # the smoke sweep: N = 1
     assert summary["s3"][system]["pct_of_ort_limit"] > 0 and summary["s3"][system]["x_plain_loop"] > 0
