@@ -140,19 +140,24 @@ def test_line_counts_stay_exact_when_frames_are_dropped(seed: int, speed: float,
     assert line_counts(read_events(tmp_path / "events.jsonl")) == truth.counts
 
 
-@pytest.fixture(scope="module")
-def scene2_detections(scenes) -> tuple[GroundTruth, list[tuple[float, np.ndarray, np.ndarray, np.ndarray]], list[str]]:
-    """Detections of the bundled model on every frame of scene 2, computed once with the daemon's own inference
-    steps (tools.evaluate's Detector chains them as the inference stage does)."""
-    video, truth = scenes[2]
-    detector = Detector.open(str(package_file("models", "conveyor.onnx")), PostprocessParams(confidence=0.35))
+def detect_every_frame(detector: Detector, video: Path) -> list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+    """(pts, boxes, confidences, class ids) of every frame of ``video``."""
     frames = []
     with av.open(str(video)) as container:
         for decoded in container.decode(video=0):
             dets = detector.detect([decoded.to_ndarray(format="bgr24")])[0]
             frames.append((float(decoded.time), dets.xyxy.copy(), dets.confidence.copy(),
                            dets.class_id.astype(np.int64)))
-    return truth, frames, detector.model.names
+    return frames
+
+
+@pytest.fixture(scope="module")
+def scene2_detections(scenes) -> tuple[GroundTruth, list[tuple[float, np.ndarray, np.ndarray, np.ndarray]], list[str]]:
+    """Detections of the bundled model on every frame of scene 2, computed once with the daemon's own inference
+    steps (tools.evaluate's Detector chains them as the inference stage does)."""
+    video, truth = scenes[2]
+    detector = Detector.open(str(package_file("models", "conveyor.onnx")), PostprocessParams(confidence=0.35))
+    return truth, detect_every_frame(detector, video), detector.model.names
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3, 4])
@@ -189,13 +194,7 @@ def scenes_at_15fps(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple
     for seed in (2, 3):  # the fastest belt (9 px a frame) and the densest (1.8): the hardest to track sparsely
         video = root / f"seed{seed}-15fps.mp4"
         truth = render_video(dataclasses.replace(DEMO_SCENES[seed], fps=15), video)
-        frames = []
-        with av.open(str(video)) as container:
-            for decoded in container.decode(video=0):
-                dets = detector.detect([decoded.to_ndarray(format="bgr24")])[0]
-                frames.append((float(decoded.time), dets.xyxy.copy(), dets.confidence.copy(),
-                               dets.class_id.astype(np.int64)))
-        out[seed] = (truth, frames, detector.model.names)
+        out[seed] = (truth, detect_every_frame(detector, video), detector.model.names)
     return out
 
 

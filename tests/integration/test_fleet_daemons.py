@@ -33,6 +33,22 @@ def node_config(tmp: Path, node: str, url: str, clip: Path, model: Path) -> Path
     })
 
 
+def kill_9(daemon) -> list[str]:
+    """kill -9 the daemon and its stage processes, as a machine dying would; returns the rings it left behind,
+    removed as its next start would."""
+    from streamd.ipc.ring import remove_orphaned_rings
+
+    stage_pids = [e["pid"] for e in daemon.find("stage_started")]
+    daemon.proc.kill()
+    daemon.wait(10)
+    for pid in stage_pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return remove_orphaned_rings()
+
+
 def analysing(url: str) -> set[str]:
     streams = httpx.get(f"{url}/api/streams", timeout=10).json()["streams"]
     return {n for n, s in streams.items() if s["frames_analysed"] > 0 and s["state"] != "failed"}
@@ -55,16 +71,9 @@ def test_streams_spread_over_nodes_and_move_when_one_dies(tmp_path: Path, pg_url
     assert all(held.values()), f"one node got no stream: {held}"
     # kill -9 node-1 and its stages (as a machine dying would): its streams move to node-2
     victim = nodes["node-1"]
-    stage_pids = [e["pid"] for e in victim.find("stage_started")]
     moved = held["node-1"]
     killed_at = time.monotonic()
-    victim.proc.kill()
-    victim.wait(10)
-    for pid in stage_pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    removed = kill_9(victim)
     deadline = killed_at + FAILOVER_S + 60
     while time.monotonic() < deadline and not set(STREAMS) <= analysing(urls["node-2"]):
         time.sleep(0.5)
@@ -72,9 +81,6 @@ def test_streams_spread_over_nodes_and_move_when_one_dies(tmp_path: Path, pg_url
     assert set(STREAMS) <= analysing(urls["node-2"]), f"not all streams on the survivor after {took:.1f} s"
     acquired = [e for e in nodes["node-2"].find("lease_acquired") if e["stream"] in moved]
     assert {e["stream"] for e in acquired} == moved and all(e["epoch"] >= 2 for e in acquired), acquired
-    from streamd.ipc.ring import remove_orphaned_rings
-
-    removed = remove_orphaned_rings()  # what the dead node's next start does with the rings it left
     assert removed and all(f"-{victim.proc.pid}-" in name for name in removed), removed
     print(f"failover of {sorted(moved)}: analysing on the survivor {took:.1f} s after the kill "
           f"(leases: failover_s {FAILOVER_S})")

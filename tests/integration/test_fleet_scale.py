@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.test_fleet_daemons import FAILOVER_S, analysing, conveyor_node_config, fleet_counts
+from tests.integration.test_fleet_daemons import FAILOVER_S, analysing, conveyor_node_config, fleet_counts, kill_9
 from tests.integration.test_rtsp import _gi_rtsp, rtsp_server, rtsp_server_handle  # noqa: F401
 from tests.pg_helpers import pg_server, pg_url  # noqa: F401
 
@@ -77,22 +76,6 @@ def _without_pass(event_id: str) -> str:
     frame index is the position in the file, and each stream has its own tracker whose ids start at 1."""
     stream, _pass, rest = event_id.split("/", 2)
     return f"{stream}/{rest}"
-
-
-def _kill_9(daemon) -> list[str]:
-    """kill -9 the daemon and its stage processes, as a machine dying would; returns the rings it left behind,
-    removed as its next start would."""
-    from streamd.ipc.ring import remove_orphaned_rings
-
-    stage_pids = [e["pid"] for e in daemon.find("stage_started")]
-    daemon.proc.kill()
-    daemon.wait(10)
-    for pid in stage_pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return remove_orphaned_rings()
 
 
 def _wait(predicate, timeout: float, what: str, poll: float = 0.5):
@@ -282,7 +265,7 @@ def test_kill_9_moves_streams_within_failover_and_conveyor_counts_stay_exact(tmp
         survivors = [n for n in names if n != victim]
         frames = {n: _streams(urls[n]).get(target, {}).get("frames_analysed", 0) for n in survivors}
         killed_at = time.monotonic()
-        rings = _kill_9(nodes[victim])
+        rings = kill_9(nodes[victim])
         assert any(f"-{nodes[victim].proc.pid}-" in r for r in rings), rings
 
         def taken() -> float | None:
