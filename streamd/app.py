@@ -23,7 +23,7 @@ import zmq
 from streamd.analytics.store import CountStore
 from streamd.config.loader import LoadedConfig
 from streamd.config.models import DaemonConfig, PipelineConfig
-from streamd.control.fleet import FleetMembership, fleet_streams, owned_view
+from streamd.control.fleet import FleetMembership, fleet_streams, owned_view, standby_pipelines
 from streamd.control.pipelines import ResolvedPipeline, resolve_pipeline, source_key
 from streamd.control.reload import ReloadController
 from streamd.control.specs import RunningState, StageSpecs
@@ -103,10 +103,15 @@ class Daemon:
 
     def _resolve_pipelines(self) -> None:
         used = {s.pipeline for s in self.config.active_streams}
-        for name in sorted(used):
+        standby = standby_pipelines(self.loaded.config, self.state.owned) - used
+        for name in sorted(used | standby):
             try:
                 self.state.pipelines[name] = resolve_pipeline(name, self.config.pipelines[name])
             except ModelError as exc:
+                if name in standby:  # no stream runs it here yet
+                    log.warning("standby_model_unusable", pipeline=name, error=str(exc),
+                                action="a stream of this pipeline moved here loads it then")
+                    continue
                 self.state.pipeline_errors[name] = str(exc)
                 streams = [s.name for s in self.config.active_streams if s.pipeline == name]
                 for stream in streams:

@@ -94,6 +94,7 @@ class AnalyticsStage(Stage):
             self._reset(stream)
         self.log.info("reconfigured", pipelines=sorted(params.pipelines), changed=changed,
                       config_hash=self.config_hash())
+        self.beat(force=True)  # the supervisor starts the reload's new streams once it sees the new hash
 
     def counters(self) -> dict[str, StreamCounters]:
         out = {}

@@ -35,6 +35,17 @@ def owned_view(config: DaemonConfig, owned: dict[str, int] | None) -> DaemonConf
     return config.model_copy(update={"streams": streams})
 
 
+def standby_pipelines(config: DaemonConfig, owned: dict[str, int] | None, fleet: FleetConfig | None = None) -> set[str]:
+    """The pipelines loaded here for streams other nodes run (``fleet.standby_models``): when one of those streams
+    moves here, its inference stage is already warm. ``config``: the file as read; ``fleet``: the fleet section in
+    force (a reload keeps the running one). Empty outside a fleet."""
+    fleet = fleet or config.fleet
+    if owned is None or not fleet.enabled or not fleet.standby_models:
+        return set()
+    here = {s.pipeline for s in owned_view(config, owned).active_streams}
+    return {s.pipeline for s in config.streams if s.enabled} - here
+
+
 class FleetMembership:
     def __init__(self, config: FleetConfig, url: str, streams: list[str], on_change: Callable[[], None],
                  stopped: Callable[[str], bool] = lambda stream: True,

@@ -28,7 +28,7 @@ from streamd.analytics.store import CountStore
 from streamd.config.diff import ConfigDiff, diff_configs
 from streamd.config.loader import load_config
 from streamd.config.models import DaemonConfig
-from streamd.control.fleet import fleet_streams, owned_view
+from streamd.control.fleet import fleet_streams, owned_view, standby_pipelines
 from streamd.control.pipelines import ResolvedPipeline, resolve_pipeline, source_key
 from streamd.control.specs import RunningState
 from streamd.control.stages import MODEL_READY_TIMEOUT_S  # a new model's inference stage is ready within this
@@ -58,11 +58,11 @@ class ReloadPlan:
     import_failed: dict[str, str] = field(default_factory=dict)  # streams whose hand-over failed: not started
     handed_over: tuple[str, ...] = ()  # fleet: streams stopped because another node now holds them
     regained: tuple[str, ...] = ()  # fleet: held again after another node held them: stopped now, started next
-
+    standby: tuple[str, ...] = ()  # fleet: pipelines kept loaded for streams other nodes run (fleet.standby_models)
 
     @property
     def empty(self) -> bool:
-        return self.change.empty and not self.start and not self.stop
+        return self.change.empty and not self.start and not self.stop and not self.resolved
 
 
 class ReloadRejected(Exception):
@@ -101,6 +101,16 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
             if name in change.pipelines_changed:
                 raise
             still_failing[name] = str(exc)
+    standby = standby_pipelines(loaded.config, owned, new.fleet) - {s.pipeline for s in active.values()}
+    for name in sorted(standby):
+        if name in usable and running.pipelines.get(name) == new.pipelines[name]:
+            continue  # loaded already, unchanged
+        try:
+            resolved[name] = resolve_pipeline(name, new.pipelines[name])
+        except ModelError as exc:  # no stream runs it here: the node that takes such a stream reports it
+            standby.discard(name)
+            log.warning("standby_model_unusable", pipeline=name, error=str(exc),
+                        action="a stream of this pipeline moved here loads it then (and fails there if it still fails)")
     start = sorted(n for n in [*changed, *retried] if active[n].pipeline not in still_failing)
     stop = sorted(set(change.removed) | set(change.restarted) | set(retried))
     taken_over = []
@@ -129,7 +139,8 @@ def prepare(path: Path, running: DaemonConfig, usable: set[str], streams_running
     handed_over = tuple(n for n in change.removed if owned is not None and n in shared and n not in owned)
     return ReloadPlan(config=new, change=change, resolved=resolved, still_failing=still_failing, stop=stop,
                       start=start, import_failed=import_failed, start_frames=start_frames, files=loaded.files, owned=owned,
-                      fleet_streams=tuple(shared), handed_over=handed_over, regained=regained)
+                      fleet_streams=tuple(shared), handed_over=handed_over, regained=regained,
+                      standby=tuple(sorted(standby)))
 
 
 class StageControl(Protocol):
@@ -299,7 +310,7 @@ class ReloadController:
             for stream in plan.config.active_streams:
                 if stream.pipeline == name:
                     state.streams.not_started[stream.name] = error
-        used = {s.pipeline for s in plan.config.active_streams}
+        used = {s.pipeline for s in plan.config.active_streams} | set(plan.standby)
         for name in [n for n in state.pipelines if n not in used]:
             del state.pipelines[name]
         for name, error in plan.import_failed.items():

@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from streamd.config.fleet import lease_ttl_s
 from streamd.errors import StreamdError
 from streamd.fleet.assign import assign
 from streamd.fleet.schema import connect, migrate
@@ -60,7 +61,7 @@ class FleetNode:
         self.node_id = node_id
         self.failover_s = failover_s
         self.heartbeat_s = heartbeat_s
-        self.ttl_s = failover_s - 1.5 * heartbeat_s  # + one heartbeat to notice + half of one as margin
+        self.ttl_s = lease_ttl_s(failover_s, heartbeat_s)
         self.hold_through_outage = hold_through_outage
         self._clock = clock
         self._timeout_s = connect_timeout_s if connect_timeout_s is not None else max(1.0, heartbeat_s)

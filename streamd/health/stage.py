@@ -97,6 +97,7 @@ class HealthStage(Stage):
             if params != self.health_params:
                 self._apply(params)
                 self.log.info("reconfigured", streams=sorted(params.streams))
+                self.beat(force=True)  # the supervisor starts the reload's new streams once it sees the new hash
         elif isinstance(msg, DetectionTally):
             watched = self.watched.get(msg.stream)
             if watched is not None:

@@ -198,6 +198,7 @@ class InferenceStage(Stage):
         if params != self.inference_params:
             self.params = self.inference_params = params
             self.log.info("reconfigured", pipelines=sorted(params.postprocess), config_hash=self.config_hash())
+            self.beat(force=True)  # the supervisor starts the reload's new streams once it sees the new hash
 
     def _remove(self, msg: StreamRemoved) -> None:
         """A reload removed or restarted the stream: let go of its ring (the supervisor unlinks it) and tell

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from streamd.analytics.store import CrossingRow
-from streamd.config.fleet import FleetConfig
+from streamd.config.fleet import FleetConfig, lease_ttl_s
 from streamd.fleet.assign import assign, moved
 from tests.pg_helpers import Proxy, pg_server, pg_url  # noqa: F401 - fixtures
 
@@ -84,7 +84,7 @@ def test_fleet_config() -> None:
 
     config = FleetConfig()
     assert config.enabled is False and config.node_id and config.failover_s == 15 and config.heartbeat_s == 3
-    assert config.lease_ttl_s == pytest.approx(10.5)
+    assert config.lease_ttl_s == pytest.approx(15 - 4.5 - 1.5)  # notice, margin, the survivor's start
     with pytest.raises(ValidationError, match="too long for failover_s"):
         FleetConfig(failover_s=10, heartbeat_s=5)
     with pytest.raises(ValidationError):
@@ -310,7 +310,7 @@ def test_an_outage_every_node_saw_moves_no_lease(fleet: Callable[..., Runner], p
     views = {r.node_id: r.owned() for r in runners}
     proxy.close()  # the database is gone for every node, for longer than a lease lasts
     down_at = time.monotonic()
-    ttl = FAILOVER_S - 1.5 * HEARTBEAT_S
+    ttl = lease_ttl_s(FAILOVER_S, HEARTBEAT_S)
     time.sleep(1.0)
     assert {r.node_id: r.owned() for r in runners} == views  # kept: their leases cannot have expired yet
     wait_until(lambda: all(not r.owned() for r in runners), ttl + 2, "streams dropped once the leases ran out")

@@ -68,3 +68,64 @@ def test_a_lease_renewed_with_the_next_epoch_keeps_the_stream_running(tmp_path: 
     plan = prepare(path, running, usable={"p"}, streams_running={"a"}, streams_finished=set(),
                    owned={"a": 2}, import_stream=lambda s: None, running_owned={"a": 1})
     assert plan.regained == () and plan.stop == [] and plan.start == [] and plan.owned == {"a": 2}
+
+
+def two_pipeline_config(tmp: Path, q_model: Path | None = None, standby: bool = True) -> Path:
+    """Stream a on pipeline p, stream b on pipeline q (another model)."""
+    p_model = constant_model(tmp / "p.onnx", KNOWN, metadata=ULTRA_META)
+    if q_model is None:
+        q_model = constant_model(tmp / "q.onnx", KNOWN, metadata=ULTRA_META)
+    return write_config(tmp / "streamd.yaml", {
+        "streams": [{"name": "a", "url": str(tmp / "a.mp4"), "pipeline": "p"},
+                    {"name": "b", "url": str(tmp / "b.mp4"), "pipeline": "q"}],
+        "pipelines": {"p": {"model": str(p_model)}, "q": {"model": str(q_model), "confidence": 0.4}},
+        "counts": {"path": str(tmp / "counts.db"), "url": "postgresql://streamd@127.0.0.1/streamd"},
+        "fleet": {"enabled": True, "node_id": "node-1", "standby_models": standby},
+    })
+
+
+def test_the_model_of_a_stream_another_node_runs_is_kept_loaded_here(tmp_path: Path) -> None:
+    """fleet.standby_models: a stream moved here finds its inference stage warm. Loaded once, loaded again when
+    its pipeline changes, and a standby model that does not load rejects nothing (no stream runs it here)."""
+    path = two_pipeline_config(tmp_path)
+    held = {"a": 1}
+    running = owned_view(load_config(path).config, held)
+    plan = prepare(path, running, usable={"p"}, streams_running={"a"}, streams_finished=set(), owned=held,
+                   running_owned=held)
+    assert plan.standby == ("q",) and set(plan.resolved) == {"q"} and plan.start == [] and not plan.empty
+
+    plan = prepare(path, running, usable={"p", "q"}, streams_running={"a"}, streams_finished=set(), owned=held,
+                   running_owned=held)
+    assert plan.standby == ("q",) and plan.resolved == {} and plan.empty  # loaded already and unchanged
+
+    edited = load_config(path).config
+    write_config(path, {**_raw(path), "pipelines": {**_raw(path)["pipelines"],
+                                                     "q": {**_raw(path)["pipelines"]["q"], "confidence": 0.6}}})
+    plan = prepare(path, owned_view(edited, held), usable={"p", "q"}, streams_running={"a"},
+                   streams_finished=set(), owned=held, running_owned=held)
+    assert set(plan.resolved) == {"q"} and plan.resolved["q"].config.confidence == 0.6
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    path = two_pipeline_config(tmp_path, q_model=broken)
+    plan = prepare(path, running, usable={"p"}, streams_running={"a"}, streams_finished=set(), owned=held,
+                   running_owned=held)
+    assert plan.standby == () and "q" not in plan.resolved and plan.still_failing == {}
+
+
+def test_no_standby_models_when_switched_off_or_outside_a_fleet(tmp_path: Path) -> None:
+    path = two_pipeline_config(tmp_path, standby=False)
+    held = {"a": 1}
+    running = owned_view(load_config(path).config, held)
+    plan = prepare(path, running, usable={"p"}, streams_running={"a"}, streams_finished=set(), owned=held,
+                   running_owned=held)
+    assert plan.standby == () and plan.resolved == {}
+    path = two_pipeline_config(tmp_path)
+    plan = prepare(path, load_config(path).config, usable={"p", "q"}, streams_running={"a", "b"},
+                   streams_finished=set())
+    assert plan.standby == ()
+
+
+def _raw(path: Path) -> dict:
+    import yaml
+    return yaml.safe_load(path.read_text())
